@@ -160,6 +160,13 @@ class DatasetWriter:
 
     def finish(self, splits: Mapping[str, Mapping[str, Sequence[str]]]) -> Path:
         """Write the index, splits and dataset.json, then move the folder into place."""
+        self.write_index(splits)
+        return self.commit()
+
+    def write_index(self, splits: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        """Close the arrays and write samples.csv, rejected.csv, splits.json and dataset.json into
+        the temporary folder. It is then a readable dataset (``open_dataset(writer.tmp_dir)``), so
+        extras such as RGB strips can be built from it before :meth:`commit`."""
         arrays = {"joints": self._joints.close()}
         if self._colors is not None:
             arrays["colors"] = self._colors.close()
@@ -189,6 +196,9 @@ class DatasetWriter:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _write_json(self.tmp / "dataset.json", info)
+
+    def commit(self) -> Path:
+        """Move the finished temporary folder into place (replacing any old dataset)."""
         _replace_dir(self.tmp, self.out)
         return self.out
 
