@@ -21,6 +21,7 @@ for the per-sample-in-workers path (see ``benchmarks/augment.py``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mmcl.data.streams import check_stream, to_stream
@@ -60,7 +61,8 @@ def rotate(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     """Apply one (3, 3) matrix per sample to the coordinates of (N, 3, T, V, M)."""
     if x.shape[1] != 3:
         raise MMCLError(f"3-D rotation needs 3 coordinate channels, the input has {x.shape[1]}")
-    return torch.einsum("nij,njtvm->nitvm", matrices.to(x.dtype), x)
+    n = x.shape[0]
+    return torch.bmm(matrices.to(x.dtype), x.reshape(n, 3, -1)).reshape(x.shape)
 
 
 class BatchAugment:
@@ -103,6 +105,15 @@ class BatchAugment:
         return self.apply(x, angles)
 
     def per_sample(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The same transform on one sample (C, T, V, M), for use inside a Dataset."""
-        angles = self.draw_angles(1, generator=generator) if train and self.rotates else None
-        return self.apply(x.unsqueeze(0), angles).squeeze(0)
+        """The same transform on one CPU sample (C, T, V, M), for use inside a Dataset.
+
+        The angles come from ``generator``; the maths runs in numpy, which for one small
+        sample costs a fraction of torch's per-operator overhead.
+        """
+        y = x.numpy()
+        if train and self.rotates:
+            if y.shape[0] != 3:
+                raise MMCLError(f"3-D rotation needs 3 coordinate channels, the input has {y.shape[0]}")
+            matrix = rotation_matrices(self.draw_angles(1, generator=generator))[0].numpy()
+            y = (matrix @ y.reshape(3, -1)).reshape(y.shape)
+        return torch.from_numpy(np.ascontiguousarray(to_stream(y[None], self.stream, self.layout)[0]))

@@ -1,0 +1,176 @@
+"""Benchmark the training input pipeline: augmentation per sample in DataLoader workers vs
+in batches on the training device.
+
+Both paths read the same synthetic NTU-shaped dataset (2 persons, 25 joints, 3 channels,
+clips of 60-300 frames, a third with one actor) through ``SkeletonClips`` (train: random
+crop + resize to 64 frames) and produce the same kind of batch (64 clips, rotated, in the
+chosen stream):
+
+- ``per_sample``: ``SkeletonClips(..., augment=aug)``, so rotation and stream run inside
+  the workers, one sample at a time;
+- ``batched``: plain ``SkeletonClips``, then ``aug(batch["x"].to(device), train=True)`` in
+  the main process, once per batch;
+- ``no_augment``: the loader alone (the ceiling both paths approach).
+
+Prints ONE JSON object: samples/s of each path per worker count and stream (best of
+``--repeat`` epochs, each over the whole training set), the main-process cost of the
+batched call (ms per batch), the ratio batched / per_sample, and which is faster.
+
+Usage: ``python benchmarks/augment.py [--samples 1000] [--workers 0 2] [--streams joint bone_motion]
+[--batch 64] [--repeat 3] [--device cpu]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mmcl.data.augment import BatchAugment
+from mmcl.data.loading import SkeletonClips
+from mmcl.data.store import DatasetWriter, Sample, open_dataset
+from mmcl.graphs import NTU
+
+
+def make_dataset(folder: Path, samples: int, seed: int = 0) -> Path:
+    """A synthetic NTU-shaped dataset: random-walk skeletons of 60-300 frames."""
+    rng = np.random.default_rng(seed)
+    out = folder / "synthetic-ntu"
+    with DatasetWriter(out, name="bench", layout=NTU, num_person=2, channels=3,
+                       class_names=[f"c{i}" for i in range(60)], has_colors=False,
+                       meta_fields=[], source={"kind": "benchmark"}) as writer:
+        for i in range(samples):
+            frames = int(rng.integers(60, 301))
+            joints = rng.normal(0, 0.3, (1, 2, 25, 3)) + np.cumsum(rng.normal(0, 0.01, (frames, 2, 25, 3)), 0)
+            one_actor = i % 3 == 0
+            if one_actor:
+                joints[:, 1] = 0
+            writer.add(Sample(f"s{i:05d}", i % 60, joints.astype(np.float32), bodies=1 if one_actor else 2))
+        names = [f"s{i:05d}" for i in range(samples)]
+        writer.finish({"all": {"train": names, "test": names}})
+    return out
+
+
+def epoch_rate(loader: DataLoader, step, device: torch.device) -> tuple[float, float]:
+    """(samples/s over one full pass, main-process seconds spent in ``step``)."""
+    seen, in_step = 0, 0.0
+    start = time.perf_counter()
+    for batch in loader:
+        x = batch["x"].to(device, non_blocking=True)
+        t0 = time.perf_counter()
+        x = step(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        in_step += time.perf_counter() - t0
+        seen += x.shape[0]
+    return seen / (time.perf_counter() - start), in_step
+
+
+def measure(ds, names, *, stream: str, workers: int, batch: int, repeat: int, device: torch.device) -> dict:
+    """Samples/s of the three paths; epochs interleaved (round-robin) so that load from other
+    processes hits all paths alike; the best epoch of each path counts."""
+    aug = BatchAugment("ntu", stream, NTU)
+    common = dict(recipe="ntu", train=True, window=64, num_person=2, seed=0)
+    paths = {
+        "per_sample": (SkeletonClips(ds, names, augment=aug, **common), lambda x: x),
+        "batched": (SkeletonClips(ds, names, **common), lambda x: aug(x, train=True)),
+        "no_augment": (SkeletonClips(ds, names, **common), lambda x: x),
+    }
+    loaders = {key: DataLoader(clips, batch_size=batch, shuffle=True, num_workers=workers,
+                               pin_memory=device.type == "cuda") for key, (clips, _) in paths.items()}
+    rates: dict[str, list[float]] = {key: [] for key in paths}
+    step_s: dict[str, list[float]] = {key: [] for key in paths}
+    for epoch in range(repeat):
+        for key, (clips, step) in paths.items():
+            clips.set_epoch(epoch)
+            rate, in_step = epoch_rate(loaders[key], step, device)
+            rates[key].append(rate)
+            step_s[key].append(in_step)
+    result: dict = {}
+    batches = -(-len(names) // batch)
+    for key in paths:
+        best = int(np.argmax(rates[key]))
+        result[key] = {"samples_per_s": round(rates[key][best], 1), "all_epochs": [round(r, 1) for r in rates[key]]}
+    result["batched"]["main_process_ms_per_batch"] = round(1000 * min(step_s["batched"]) / batches, 3)
+    result["batched_over_per_sample"] = round(result["batched"]["samples_per_s"] / result["per_sample"]["samples_per_s"], 3)
+    return result
+
+
+def augment_only(stream: str, batch: int, rounds: int, device: torch.device) -> dict:
+    """The augmentation alone, without loading: ms per sample of ``per_sample`` (one sample at
+    a time, CPU, as a worker runs it) and of one batched call on ``device`` (best of rounds)."""
+    aug = BatchAugment("ntu", stream, NTU)
+    x = torch.randn(batch, 3, 64, 25, 2)
+    xd = x.to(device)
+    gen = torch.Generator().manual_seed(0)
+    best_single, best_batch = float("inf"), float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(batch):
+            aug.per_sample(x[i], True, gen)
+        best_single = min(best_single, (time.perf_counter() - t0) / batch)
+        t0 = time.perf_counter()
+        aug(xd, train=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best_batch = min(best_batch, (time.perf_counter() - t0) / batch)
+    return {"per_sample_ms_per_sample": round(1000 * best_single, 4),
+            "batched_ms_per_sample": round(1000 * best_batch, 4),
+            "per_sample_over_batched_cost": round(best_single / best_batch, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--streams", nargs="+", default=["joint", "bone_motion"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ds = open_dataset(make_dataset(Path(tmp), args.samples))
+        build_s = time.perf_counter() - t0
+        results = {}
+        aug_only = {stream: augment_only(stream, args.batch, 20, device) for stream in args.streams}
+        for stream in args.streams:
+            for workers in args.workers:
+                results[f"{stream}/workers={workers}"] = measure(
+                    ds, ds.names, stream=stream, workers=workers, batch=args.batch,
+                    repeat=args.repeat, device=device)
+
+    ratios = [r["batched_over_per_sample"] for r in results.values()]
+    out = {
+        "benchmark": "augment",
+        "shape": {"batch": args.batch, "channels": 3, "window": 64, "joints": 25, "persons": 2},
+        "samples": args.samples,
+        "frames": "uniform 60-300",
+        "device": str(device),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "dataset_build_s": round(build_s, 2),
+        "results": results,
+        "augment_only": aug_only,
+        "batched_over_per_sample_min": min(ratios),
+        "batched_over_per_sample_max": max(ratios),
+        "faster": "batched" if min(ratios) >= 1.0 else ("per_sample" if max(ratios) < 1.0 else "mixed"),
+    }
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
