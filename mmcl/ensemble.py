@@ -189,6 +189,7 @@ class LabelSource:
     names: np.ndarray | None
     label_of: Callable[[np.ndarray], np.ndarray]
     class_names: list[str] | None = None
+    origin: str = "the labels"  # short name for error messages (the list file, the dataset)
 
 
 def labels_from_name_list(path: Path) -> LabelSource:
@@ -233,6 +234,7 @@ def labels_from_name_list(path: Path) -> LabelSource:
         description=f"NTU naming rule (A### - 1) on the names in {path}",
         names=np.asarray(names, dtype=str),
         label_of=label_of,
+        origin=str(path),
     )
 
 
@@ -255,6 +257,7 @@ def labels_from_dataset(dataset: Any, benchmark: str, where: str) -> LabelSource
         names=np.asarray(test, dtype=str),
         label_of=label_of,
         class_names=class_names,
+        origin=f"{where} ({benchmark} test split)",
     )
 
 
@@ -539,7 +542,7 @@ def _align(
     """
     ref = inputs[0]
     exp_names = None if expected is None else expected.names
-    exp_label = "the label list" if expected is None else expected.description
+    exp_label = "the label list" if expected is None else expected.origin
     width = _width(*(item.names for item in inputs), *([] if exp_names is None else [exp_names]))
     same_order = [np.array_equal(item.names, ref.names) for item in inputs]
     keys: list[np.ndarray | None] = [None] * len(inputs)
@@ -590,7 +593,7 @@ def _check_finite(path: Path, names: np.ndarray, matrix: np.ndarray) -> None:
         if not finite.all():
             row, col = np.argwhere(~finite)[0]
             raise MMCLError(
-                f"{path}: sample {names[start + row]!r} has a non-finite score "
+                f"{path}: sample {str(names[start + row])!r} has a non-finite score "
                 f"({block[row, col]}) for class {col}; scores must be finite numbers"
             )
 
@@ -611,7 +614,7 @@ def _merge_labels(
     if clash.any():
         i = int(np.flatnonzero(clash)[0])
         raise MMCLError(
-            f"labels disagree for sample {names[i]!r}: {sources[source]} says {new[i]}, "
+            f"labels disagree for sample {str(names[i])!r}: {sources[source]} says {new[i]}, "
             f"{sources[label_from[i]]} says {data_labels[i]} ({int(clash.sum())} sample(s) disagree)"
         )
     fill = known & (data_labels < 0)
@@ -624,9 +627,9 @@ def attach_labels(data: ScoreSet, source: LabelSource | None) -> None:
     if source is None:
         return
     new = source.label_of(data.names)
-    sources = [*map(str, data.files), source.description]
+    sources = [*map(str, data.files), source.origin]
     _merge_labels(data.labels, data.label_from, new, data.names, len(data.files), sources)
-    check_labels(Path(source.description), data.names, data.labels, data.num_classes)
+    check_labels(Path(source.origin), data.names, data.labels, data.num_classes)
     if source.class_names and data.class_names is None:
         data.class_names = source.class_names
 
@@ -972,7 +975,7 @@ def run_ensemble(req: EnsembleRequest) -> dict[str, Any]:
         stream_top1: list[np.ndarray] = []
         matrices = data.materialize(req.normalize) if searching else data.iter_scores(req.normalize)
         for s, matrix in enumerate(matrices):
-            row: dict[str, Any] = {"name": streams[s], "file": str(data.files[s])}
+            row: dict[str, Any] = {"name": streams[s], "file": str(data.files[s]), **_metric_row(None, None)}
             if labelled:
                 t1, t5 = hits(matrix, y)
                 stream_top1.append(t1)
@@ -990,10 +993,10 @@ def run_ensemble(req: EnsembleRequest) -> dict[str, Any]:
                 "optimistic": False,
             }
             entry.update(extra)
-            top1 = None
+            top1 = topk = None
             if labelled:
                 top1, topk = hits(scores, y)
-                entry.update(_metric_row(top1, topk))
+            entry.update(_metric_row(top1, topk))
             results["ensembles"].append(entry)
             return {"entry": entry, "fused": scores, "top1": top1}
 
@@ -1033,7 +1036,7 @@ def _search_validation(req: EnsembleRequest, data: ScoreSet, add: Callable, resu
             f"the validation scores have {val.num_classes} classes, the test scores {data.num_classes}"
         )
     if req.labels is not None:
-        rule = LabelSource(req.labels.description, None, req.labels.label_of)
+        rule = LabelSource(req.labels.description, None, req.labels.label_of, origin=req.labels.origin)
         attach_labels(val, rule)
     if not val.has_labels:
         missing = val.names[val.labels < 0]

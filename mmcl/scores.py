@@ -143,7 +143,7 @@ def read_header(path: Path, npz: Any) -> ScoreFile:
     labels = labels.astype(np.int64, copy=False)
     if len(labels) and labels.min() < -1:
         bad = int(np.flatnonzero(labels < -1)[0])
-        raise MMCLError(f"{path}: sample {names[bad]!r} has label {labels[bad]}; use -1 for unknown")
+        raise MMCLError(f"{path}: sample {str(names[bad])!r} has label {labels[bad]}; use -1 for unknown")
     meta_arr = _get(path, npz, "meta")
     try:
         meta = json.loads(str(meta_arr.item()) if meta_arr.ndim == 0 else str(meta_arr))
@@ -238,7 +238,7 @@ def check_labels(path: Path, names: np.ndarray, labels: np.ndarray, num_classes:
     if len(labels) and labels.max() >= num_classes:
         bad = int(np.flatnonzero(labels >= num_classes)[0])
         raise MMCLError(
-            f"{path}: sample {names[bad]!r} has label {labels[bad]}, "
+            f"{path}: sample {str(names[bad])!r} has label {labels[bad]}, "
             f"but the scores have only {num_classes} classes"
         )
 
