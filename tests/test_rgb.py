@@ -212,6 +212,34 @@ def test_recorded_first_frame_selects_the_right_video_frames(tmp_path):
         assert _bright_fraction(strip[:, j * width:(j + 1) * width]) > 0.4
 
 
+def test_frame_index_array_maps_interior_gaps_exactly(tmp_path):
+    # The actor is visible in video frames 5..9 and 20..29; the dataset stored exactly those 15
+    # frames and records their raw indices in a frame_index array (as NTU preparation may).
+    name = "S001C001P001R001A001"
+    ds = _make_dataset(tmp_path, {name: 15})
+    raw = np.r_[5:10, 20:30].astype(np.int32)
+    np.save(ds / "frame_index.npy", raw)
+    info = json.loads((ds / "dataset.json").read_text())
+    info["arrays"]["frame_index"] = {"file": "frame_index.npy", "dtype": "int32", "shape": [15]}
+    (ds / "dataset.json").write_text(json.dumps(info))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    writer = cv2.VideoWriter(str(videos / f"{name}_rgb.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30, (W, H))
+    for i in range(35):
+        img = np.full((H, W, 3), 20, np.uint8)
+        if i in set(raw.tolist()):
+            x0, y0, x1, y1 = ACTOR
+            img[y0:y1, x0:x1] = 240
+        writer.write(img)
+    writer.release()
+    assert build_strips(ds, videos=videos, frames=None, k=5, workers=0, height=HEIGHT, progress=False) == []
+    strip = cv2.imread(str(ds / "rgb" / f"{name}.jpg"))
+    width = strip.shape[1] // 5
+    for j in range(5):
+        assert _bright_fraction(strip[:, j * width:(j + 1) * width]) > 0.4
+    assert "exact" in json.loads((ds / "rgb" / "strips.json").read_text())["frame_mapping"]
+
+
 # -- real NTU person frames ---------------------------------------------------------------------
 
 REAL = {  # name -> (group, frames in the folder)

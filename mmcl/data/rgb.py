@@ -13,14 +13,20 @@ MMCL's feature-alignment branch (FAM) learns from one image per sample. ``build_
 Either way the crops are resized to a common height and written as ``<dataset>/rgb/<name>.jpg``
 (atomically). ``rgb/README.txt`` and ``rgb/strips.json`` record how the strips were made.
 
-Skeleton frames vs video frames. A prepared dataset keeps only the frames with a body, so its
-frame ``t`` is video frame ``first_frame + t``, where ``first_frame`` is read from the sample
-index when the dataset records it (meta field ``first_frame``, 0-based). Without it the kept
-frames are assumed to be centred in the video: ``offset = (n_video - T) // 2``, wrong by at most
-half the number of deleted frames (NTU deletes few, mostly at the ends). A video with fewer frames
-than the skeleton is a length mismatch: the strip is made from the frames that exist (skeleton
-frames stretched over them) and the sample is reported. Missing or unreadable input: no strip,
-sample reported. The run always continues.
+Skeleton frames vs video frames. NTU videos have as many frames as the ``.skeleton`` file, but
+a prepared dataset keeps only the frames with a body, so stored frame ``t`` is not always video
+frame ``t``. The mapping uses the best the dataset offers, in this order:
+
+1. an optional array ``frame_index`` (dataset.json ``arrays``; int, one row per stored frame):
+   the raw (video) frame of each stored frame. Exact, even for deleted frames in the middle.
+2. a sample-index meta field ``first_frame``: video frame = ``first_frame + t`` (exact when
+   frames were deleted only at the start and end).
+3. otherwise the kept frames are assumed centred: ``t + (n_video - T) // 2``, wrong by at most
+   half the number of deleted frames (NTU deletes few, mostly at the ends).
+
+A video with fewer frames than the skeleton is a length mismatch: the strip is made from the
+frames that exist (skeleton frames stretched over them) and the sample is reported. Missing or
+unreadable input: no strip, sample reported. The run always continues.
 """
 
 from __future__ import annotations
@@ -244,6 +250,25 @@ def _first_frame(job: _Job, name: str) -> int | None:
     return None if value is None or value < 0 else int(value)
 
 
+def _raw_frame_index(job: _Job, name: str) -> np.ndarray | None:
+    """The raw (video) frame of each stored frame, when the dataset keeps ``frame_index``."""
+    entry = job.dataset.info["arrays"].get("frame_index")
+    if entry is None:
+        return None
+    s = job.dataset.info_of(name)
+    arr = np.load(job.dataset.path / entry["file"], mmap_mode="r", allow_pickle=False)
+    return np.asarray(arr[s.offset : s.offset + s.frames]).reshape(s.frames, -1)[:, 0].astype(np.int64)
+
+
+def video_frames(job: _Job, name: str, skel_idx: np.ndarray, num_video: int) -> np.ndarray:
+    """Video frames for the chosen skeleton frames (rules 1-3 of the module docstring)."""
+    t = job.dataset.info_of(name).frames
+    raw = _raw_frame_index(job, name)
+    if raw is not None and num_video > int(raw.max(initial=-1)):
+        return raw[skel_idx]
+    return map_to_video(skel_idx, t, num_video, _first_frame(job, name))
+
+
 def _strip_from_frames(job: _Job, name: str, target: Path) -> StripResult:
     import cv2
 
@@ -259,7 +284,7 @@ def _strip_from_frames(job: _Job, name: str, target: Path) -> StripResult:
     problem = ""
     if n < t:
         problem = f"frame/skeleton length mismatch: {folder} has {n} frames, the skeleton {t}; strip made from the frames that exist"
-    chosen = map_to_video(pick_frames(t, job.settings.k), t, n, _first_frame(job, name))
+    chosen = video_frames(job, name, pick_frames(t, job.settings.k), n)
     crops, unreadable = [], []
     available = np.array(sorted(frames))
     for f in chosen:
@@ -331,14 +356,14 @@ def _strip_from_video(job: _Job, name: str, target: Path) -> StripResult:
     if n < t:
         problems.append(f"short video: {path.name} has {n} frames, the skeleton {t}; strip made from the frames that exist")
     skel_idx = pick_frames(t, job.settings.k)
-    vid_idx = map_to_video(skel_idx, t, n, _first_frame(job, name))
+    vid_idx = video_frames(job, name, skel_idx, n)
     frames, decoded = _read_video_frames(path, vid_idx)
     if len(frames) < len(set(vid_idx.tolist())):
         # the header promised more frames than the file holds: re-map over what was decoded
         if decoded == 0:
             raise MMCLError(f"unreadable video {path}: no frame could be decoded (no strip)")
         problems.append(f"short video: {path.name} decodes {decoded} of the {n} frames its header declares; strip made from the frames that exist")
-        vid_idx = map_to_video(skel_idx, t, decoded, _first_frame(job, name))
+        vid_idx = video_frames(job, name, skel_idx, decoded)
         frames, _ = _read_video_frames(path, vid_idx)
         if not frames:
             raise MMCLError(f"unreadable video {path}: no frame could be decoded (no strip)")
@@ -469,9 +494,12 @@ def _write_notes(out_dir: Path, mode: str, source: Path, settings: StripSettings
         if r.written:
             crops[r.crop] = crops.get(r.crop, 0) + 1
     written = sum(crops.values())
-    mapping = ("skeleton frame t -> video frame first_frame + t (sample index)"
-               if "first_frame" in ds.info.get("meta_fields", [])
-               else "skeleton frame t -> video frame t + (n_video - T) // 2 (kept frames assumed centred)")
+    if "frame_index" in ds.info["arrays"]:
+        mapping = "stored frame t -> video frame frame_index[t] (exact)"
+    elif "first_frame" in ds.info.get("meta_fields", []):
+        mapping = "stored frame t -> video frame first_frame + t (sample index)"
+    else:
+        mapping = "stored frame t -> video frame t + (n_video - T) // 2 (kept frames assumed centred)"
     notes = {
         "mode": mode,
         "source": str(source),
