@@ -62,7 +62,9 @@ def rotate(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 3:
         raise MMCLError(f"3-D rotation needs 3 coordinate channels, the input has {x.shape[1]}")
     n = x.shape[0]
-    return torch.bmm(matrices.to(x.dtype), x.reshape(n, 3, -1)).reshape(x.shape)
+    # broadcast multiply-add: with an inner dimension of 3, BLAS batched matmul is ~20x slower on CPU
+    out = (matrices.to(x.dtype)[:, :, :, None] * x.reshape(n, 1, 3, -1)).sum(dim=2)
+    return out.reshape(x.shape)
 
 
 class BatchAugment:

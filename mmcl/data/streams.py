@@ -34,17 +34,27 @@ def check_stream(stream: str) -> str:
 
 def bones(x: Array, layout: Layout) -> Array:
     """The bone stream: each joint minus its parent; the root (its own parent) becomes zero."""
-    parents = layout.parents
+    n, c, t, v, m = x.shape
+    # gather over the flattened (V, M) axis: one contiguous index per row, several times
+    # faster than indexing the joint axis of the 5-D array
+    index = (layout.parents[:, None] * m + np.arange(m)).reshape(-1)
+    flat = x.reshape(n, c, t, v * m)
     if isinstance(x, torch.Tensor):
-        index = torch.as_tensor(parents, device=x.device)
-        return x - x.index_select(3, index)
-    return x - x[:, :, :, parents]
+        parents = flat.index_select(3, torch.as_tensor(index, device=x.device))
+    else:
+        parents = flat[..., index]
+    return (flat - parents).reshape(x.shape)
 
 
 def motion(x: Array) -> Array:
     """Frame differences ``x[t + 1] - x[t]`` along time (dim 2); the last frame is zero."""
-    out = torch.zeros_like(x) if isinstance(x, torch.Tensor) else np.zeros_like(x)
-    out[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+    if isinstance(x, torch.Tensor):
+        out = torch.empty_like(x)
+        torch.sub(x[:, :, 1:], x[:, :, :-1], out=out[:, :, :-1])
+    else:
+        out = np.empty_like(x)
+        np.subtract(x[:, :, 1:], x[:, :, :-1], out=out[:, :, :-1])
+    out[:, :, -1] = 0
     return out
 
 
