@@ -25,8 +25,10 @@ The pieces, in the order ``mmcl ensemble`` uses them:
      Top-1 never decreases, so it converges to a coordinate-wise optimum.
    - Finally rescale so the largest weight is 1 and round to 4 decimals. The reported
      accuracy is recomputed with exactly these printed weights.
-   - Samples that every stream gets right (or that one class beats in every stream) are right
-     (wrong) for all non-negative weights; they are counted once and skipped by the sweeps.
+   - Only *threats* matter: (sample, class) pairs where some stream scores the class at least
+     as high as the true class (:func:`find_threats`). A sample without threats is right for
+     every non-negative weight vector, so the sweeps work on a few pairs per sample instead
+     of all K classes, and the k folds of cross-fitting reuse the same threats.
 
 6. **Honest protocols.** ``search_on`` (a validation set: weights never see the test labels) or
    k-fold cross-fitting on the test scores (each fold's weights come from the other folds; the
@@ -106,20 +108,21 @@ def read_upstream_pickle(path: Path) -> ScoreFile:
             raise MMCLError(f"{path}: sample names must be strings; found key {key!r}")
         names.append(str(key))
     values = list(obj.values())
-    try:
-        matrix = np.stack([np.asarray(v) for v in values])
-    except ValueError:
-        matrix = None
-    if matrix is None or matrix.ndim != 2:
-        first = np.shape(values[0])
-        for name, value in zip(names, values):
+    first = np.shape(values[0])
+    for name, value in zip(names, values):
+        if not isinstance(value, np.ndarray) or value.shape != first:  # slow path: find the culprit
             shape = np.shape(value)
             if len(shape) != 1 or shape != first:
                 raise MMCLError(
                     f"{path}: sample {name!r} has scores of shape {shape}; every sample needs a "
                     f"1-D vector of the same length (the first sample has {first})"
                 )
-        raise MMCLError(f"{path}: the score vectors do not form an [N, K] array")
+    if len(first) != 1:
+        raise MMCLError(f"{path}: sample {names[0]!r} has scores of shape {first}; expected a 1-D vector")
+    try:
+        matrix = np.concatenate([np.asarray(v) for v in values]).reshape(len(values), first[0])
+    except (ValueError, TypeError) as exc:
+        raise MMCLError(f"{path}: the score vectors do not form an [N, K] array ({exc})") from None
     if matrix.dtype.kind not in "fiu":
         raise MMCLError(f"{path}: scores must be numbers, got dtype {matrix.dtype}")
     return ScoreFile(
@@ -150,6 +153,14 @@ class _Input:
     meta: dict[str, Any]
     npz: Any = None
     matrix: np.ndarray | None = None
+    rows: int = -1  # row count, kept after ``names`` is released
+
+    def __post_init__(self) -> None:
+        self.rows = len(self.names)
+
+    def release_names(self) -> None:
+        """Drop the per-file names once aligned (with several files they add up)."""
+        self.names = np.empty(0, dtype=str)
 
     def shape(self) -> tuple[int, ...]:
         return self.matrix.shape if self.matrix is not None else scores_shape(self.path, self.npz)
@@ -161,7 +172,7 @@ class _Input:
         """
         if self.matrix is not None:
             return self.matrix
-        return read_matrix(self.path, self.npz, len(self.names), out)
+        return read_matrix(self.path, self.npz, self.rows, out)
 
 
 def _open_input(path: Path, stack: contextlib.ExitStack) -> _Input:
@@ -318,39 +329,46 @@ class ScoreSet:
                 raise MMCLError(f"scores were normalised with {self.normalized!r}, not {normalize!r}")
             yield from self.scores
             return
-        if self._closer is None:
-            raise MMCLError("the score files of this ScoreSet are closed")
         aligned = np.empty((len(self.names), self.num_classes), dtype=np.float32)
-        raw: np.ndarray | None = None
-        for item, idx in zip(self._inputs, self._index):
-            if idx is None:
-                matrix = item.read_scores(out=aligned)
-            else:
-                if raw is None or len(raw) < len(item.names):
-                    raw = np.empty((len(item.names), self.num_classes), dtype=np.float32)
-                matrix = item.read_scores(out=raw[: len(item.names)])
-            if matrix.ndim != 2 or matrix.shape != (len(item.names), self.num_classes):
-                raise MMCLError(
-                    f"{item.path}: scores of shape {matrix.shape}, expected [{len(item.names)}, {self.num_classes}]"
-                )
-            _check_finite(item.path, item.names, matrix)
-            if idx is not None:
-                np.take(matrix, idx, axis=0, out=aligned, mode="clip")  # idx is valid; 'clip' avoids a temp
-            elif matrix is not aligned:
-                aligned[...] = matrix
-            normalize_(aligned, normalize)
-            yield aligned
+        buffers: dict[str, np.ndarray] = {}
+        for s in range(len(self._inputs)):
+            yield self._read_stream(s, aligned, buffers, normalize)
 
     def materialize(self, normalize: str = "none") -> np.ndarray:
         """Read every stream into one float32 [S, N, K] array (kept in ``scores``)."""
         if self.scores is None:
             stack = np.empty((len(self.streams), len(self.names), self.num_classes), dtype=np.float32)
-            for s, matrix in enumerate(self.iter_scores(normalize)):
-                stack[s] = matrix
+            buffers: dict[str, np.ndarray] = {}
+            for s in range(len(self._inputs)):
+                self._read_stream(s, stack[s], buffers, normalize)
             self.scores, self.normalized = stack, normalize
         elif normalize != self.normalized:
             raise MMCLError(f"scores were normalised with {self.normalized!r}, not {normalize!r}")
         return self.scores
+
+    def _read_stream(self, s: int, out: np.ndarray, buffers: dict[str, np.ndarray], normalize: str) -> np.ndarray:
+        """Stream ``s`` aligned into ``out`` (files in another row order go through a reused buffer)."""
+        if self._closer is None:
+            raise MMCLError("the score files of this ScoreSet are closed")
+        item, idx = self._inputs[s], self._index[s]
+        if idx is None:
+            matrix = item.read_scores(out=out)
+        else:
+            raw = buffers.get("raw")
+            if raw is None or len(raw) < item.rows:
+                raw = buffers["raw"] = np.empty((item.rows, self.num_classes), dtype=np.float32)
+            matrix = item.read_scores(out=raw[: item.rows])
+        if matrix.ndim != 2 or matrix.shape != (item.rows, self.num_classes):
+            raise MMCLError(
+                f"{item.path}: scores of shape {matrix.shape}, expected [{item.rows}, {self.num_classes}]"
+            )
+        if idx is not None:
+            np.take(matrix, idx, axis=0, out=out, mode="clip")  # idx is valid; 'clip' avoids a temp
+        elif matrix is not out:
+            out[...] = matrix
+        _check_finite(item.path, self.names, out)  # rows --intersect dropped do not matter
+        normalize_(out, normalize)
+        return out
 
 
 def _first(names: np.ndarray | Sequence[str], n: int = SHOWN) -> str:
@@ -490,6 +508,9 @@ def open_streams(
     closer = contextlib.ExitStack()
     try:
         inputs = [_open_input(p, closer) for p in paths]
+        if expected is not None and expected.names is not None:
+            for item in inputs:
+                _resolve_positional_names(item, expected)
         streams = _stream_names(inputs, stream_names)
         class_names = _check_meta(inputs)
         names, index = _align(inputs, intersect, expected)
@@ -510,7 +531,9 @@ def open_streams(
             check_labels(item.path, item.names, item.labels, num_classes)
             file_labels = item.labels if idx is None else item.labels[idx]
             _merge_labels(labels, label_from, file_labels, names, s, [str(p) for p in paths])
-        dropped = [len(item.names) - len(names) for item in inputs]
+        dropped = [item.rows - len(names) for item in inputs]
+        for item in inputs:
+            item.release_names()
         return ScoreSet(
             names, labels, streams, paths, [i.meta for i in inputs], num_classes, class_names,
             dropped, label_from, _inputs=inputs, _index=index, _closer=closer,
@@ -518,6 +541,32 @@ def open_streams(
     except BaseException:
         closer.close()
         raise
+
+
+POSITIONAL_PREFIX = "test_"
+
+
+def _resolve_positional_names(item: _Input, source: LabelSource) -> None:
+    """CTR-GCN names test samples ``test_<i>``: row ``i`` of its test split, whose ordered names
+    the label source lists. Replace such names by the real ones (and say so in the meta)."""
+    names = item.names
+    if not len(names) or not str(names[0]).startswith(POSITIONAL_PREFIX):
+        return
+    if not np.char.startswith(names, POSITIONAL_PREFIX).all():
+        return
+    digits = np.char.lstrip(np.char.replace(names, POSITIONAL_PREFIX, "", count=1), "0123456789")
+    if (digits != "").any():
+        return
+    rows = np.char.replace(names, POSITIONAL_PREFIX, "", count=1).astype(np.int64)
+    assert source.names is not None
+    if rows.max() >= len(source.names):
+        raise MMCLError(
+            f"{item.path}: names like {POSITIONAL_PREFIX}<i> are CTR-GCN's row numbers in its test split, but "
+            f"{item.path} has {POSITIONAL_PREFIX}{rows.max()} and {source.origin} lists only "
+            f"{len(source.names)} names"
+        )
+    item.names = source.names[rows]
+    item.meta = {**item.meta, "positional_names": f"{POSITIONAL_PREFIX}<i> read as line i of {source.origin}"}
 
 
 def load_streams(
@@ -771,54 +820,76 @@ class SearchResult:
     rounds: int
 
 
-def _partition(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Samples right (resp. wrong) for every non-negative weight vector."""
-    n = scores.shape[1]
+@dataclass
+class Threats:
+    """Where the weights matter: the (sample, class) pairs that can beat the true class.
+
+    Class ``c`` threatens sample ``i`` when some stream scores it at least as high as the true
+    class. A sample with no threat is right for every non-negative weight vector; a sample
+    where one class is strictly higher in *every* stream is wrong for all of them. The search
+    only ever looks at the threats, a few per sample instead of all K classes.
+    """
+
+    sample: np.ndarray  # int64 [P], ascending: the sample (row) of each pair
+    margin: np.ndarray  # float32 [S, P]: true-class score minus class-c score, per stream
+    always_right: np.ndarray  # bool [N]
+    always_wrong: np.ndarray  # bool [N]
+
+
+def find_threats(scores: np.ndarray, labels: np.ndarray) -> Threats:
+    """The :class:`Threats` of an [S, N, K] score array (chunked: small temporaries)."""
+    num_streams, n = scores.shape[:2]
+    samples, margins = [], []
     right = np.empty(n, dtype=bool)
     wrong = np.empty(n, dtype=bool)
     for start in range(0, n, CHUNK_ROWS):
         block = scores[:, start : start + CHUNK_ROWS]
         y = labels[start : start + CHUNK_ROWS]
         ar = np.arange(len(y))
-        margin = block[:, ar, y][:, :, None] - block  # [S, B, K]: true minus class
-        margin[:, ar, y] = np.inf  # the true class does not compete with itself
-        right[start : start + len(y)] = (margin.min(axis=2) > 0).all(axis=0)
-        wrong[start : start + len(y)] = (margin.max(axis=0) < 0).any(axis=1)
-    return right, wrong
+        above = block - block[:, ar, y][:, :, None]  # [S, B, K]: class minus true class
+        worst = above.max(axis=0)
+        worst[ar, y] = -np.inf  # the true class does not compete with itself
+        best = above.min(axis=0)
+        best[ar, y] = -np.inf
+        rr, cc = np.nonzero(worst >= 0)
+        samples.append(rr + start)
+        margins.append(-above[:, rr, cc])
+        right[start : start + len(y)] = ~(worst >= 0).any(axis=1)
+        wrong[start : start + len(y)] = (best > 0).any(axis=1)
+    margin = np.concatenate(margins, axis=1) if margins else np.empty((num_streams, 0), np.float32)
+    sample = np.concatenate(samples) if samples else np.empty(0, np.int64)
+    return Threats(sample.astype(np.int64), margin, right, wrong)
 
 
-def _intervals(
-    scores: np.ndarray, labels: np.ndarray, rows: np.ndarray, weights: np.ndarray, s: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the open interval of ``w_s`` on which it is classified right (others fixed)."""
-    n, k = len(rows), scores.shape[2]
-    lo = np.empty(n, dtype=np.float64)
-    hi = np.empty(n, dtype=np.float64)
-    w32 = weights.astype(np.float32)
-    tmp = np.empty((min(CHUNK_ROWS, n), k), dtype=np.float32)
-    for start in range(0, n, CHUNK_ROWS):
-        sel = rows[start : start + CHUNK_ROWS]
-        y = labels[sel]
-        ar = np.arange(len(sel))
-        a = scores[s, sel]
-        b = np.zeros((len(sel), k), dtype=np.float32)
-        t = tmp[: len(sel)]
-        for j in range(scores.shape[0]):
-            if j != s and w32[j] != 0:
-                np.multiply(scores[j, sel], w32[j], out=t)
-                b += t
-        da = a[ar, y][:, None] - a  # the true class wins against c  <=>  db + w_s * da > 0
-        db = b[ar, y][:, None] - b
-        db[ar, y] = 1.0  # the true class need not beat itself
+class _LineSearch:
+    """Exact line searches over one weight at a time, on the threats of the given rows."""
+
+    def __init__(self, threats: Threats, rows: np.ndarray) -> None:
+        n = len(threats.always_right)
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rows] = True
+        self.always_right = int((chosen & threats.always_right).sum())
+        keep = chosen[threats.sample] & ~threats.always_wrong[threats.sample]
+        self.sample = threats.sample[keep]
+        self.margin = threats.margin[:, keep].astype(np.float64)
+        # the pairs of one sample are contiguous: reduce over each group
+        self.starts = np.flatnonzero(np.r_[True, self.sample[1:] != self.sample[:-1]]) if len(self.sample) else self.sample
+        self.contested = self.sample[self.starts]
+
+    def intervals(self, weights: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per contested sample, the open interval of ``w_s`` on which it is right (others fixed).
+
+        Pair ``p`` holds iff ``db + w_s * da > 0``, with ``da`` stream ``s``'s margin and
+        ``db`` the other streams' weighted margin.
+        """
+        da = self.margin[s]
+        db = weights @ self.margin - weights[s] * da
         with np.errstate(divide="ignore", invalid="ignore"):
             r = -db / da
-        lo_b = np.where(da > 0, r, -np.inf).max(axis=1)
-        hi_b = np.where(da < 0, r, np.inf).min(axis=1)
-        never = ((da == 0) & (db <= 0)).any(axis=1)
-        lo_b[never], hi_b[never] = np.inf, -np.inf
-        lo[start : start + len(sel)] = lo_b
-        hi[start : start + len(sel)] = hi_b
-    return lo, hi
+        lo = np.where(da > 0, r, -np.inf)  # w_s > r
+        # w_s < r where da < 0; where da == 0 the other streams alone decide
+        hi = np.where(da < 0, r, np.where((da > 0) | (db > 0), np.inf, -np.inf))
+        return np.maximum.reduceat(lo, self.starts), np.minimum.reduceat(hi, self.starts)
 
 
 def _best_point(lo: np.ndarray, hi: np.ndarray, current: float, allow_zero: bool) -> tuple[float, int]:
@@ -849,21 +920,23 @@ def search_weights(
     labels: np.ndarray,
     rows: np.ndarray | None = None,
     max_rounds: int = 10,
-    partition: tuple[np.ndarray, np.ndarray] | None = None,
+    threats: Threats | None = None,
 ) -> SearchResult:
-    """Weights in [0, 1] (largest = 1) maximising top-1 on ``rows`` (all samples by default)."""
+    """Weights in [0, 1] (largest = 1) maximising top-1 on ``rows`` (all samples by default).
+
+    ``threats`` (from :func:`find_threats`) may be passed in to reuse it across folds.
+    """
     num_streams, n_all = scores.shape[0], scores.shape[1]
     rows = np.arange(n_all) if rows is None else np.asarray(rows)
-    right, wrong = partition if partition is not None else _partition(scores, labels)
-    contested = rows[~right[rows] & ~wrong[rows]]
-    always = int(right[rows].sum())
+    threats = threats if threats is not None else find_threats(scores, labels)
+    search = _LineSearch(threats, rows)
     weights = np.ones(num_streams, dtype=np.float64)
     rounds = 0
-    if num_streams > 1 and len(contested):
+    if num_streams > 1 and len(search.contested):
         for rounds in range(1, max_rounds + 1):
             changed = False
             for s in range(num_streams):
-                lo, hi = _intervals(scores, labels, contested, weights, s)
+                lo, hi = search.intervals(weights, s)
                 others = bool(np.delete(weights, s).any())
                 t, _ = _best_point(lo, hi, float(weights[s]), allow_zero=others)
                 if t != weights[s]:
@@ -871,11 +944,17 @@ def search_weights(
             if not changed:
                 break
     weights = np.round(weights / weights.max(), 4)
-    correct = always
-    if len(contested):
-        top1, _ = hits(fuse(scores, weights, contested), labels[contested], 1)
-        correct += int(top1.sum())
+    correct = search.always_right + _top1_count(scores, weights, search.contested, labels)
     return SearchResult(weights, correct, len(rows), rounds)
+
+
+def _top1_count(scores: np.ndarray, weights: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> int:
+    """Top-1 hits of the fusion on ``rows``, fused block by block (no [N, K] temporary)."""
+    count = 0
+    for start in range(0, len(rows), CHUNK_ROWS):
+        sel = rows[start : start + CHUNK_ROWS]
+        count += int((fuse(scores, weights, sel).argmax(axis=1) == labels[sel]).sum())
+    return count
 
 
 def fold_split(n: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -968,6 +1047,8 @@ def run_ensemble(req: EnsembleRequest) -> dict[str, Any]:
             "intersect": {"used": req.intersect, "dropped": dict(zip(map(str, data.files), data.dropped))},
             "streams": [],
             "ensembles": [],
+            "notes": [f"{path}: {meta['positional_names']}"
+                      for path, meta in zip(data.files, data.metas) if meta.get("positional_names")],
         }
 
         # one pass over the streams: single-stream metrics and the fixed-weight fusions
@@ -1002,6 +1083,9 @@ def run_ensemble(req: EnsembleRequest) -> dict[str, Any]:
 
         for acc, (name, weights, protocol) in zip(fused, fixed):
             final = add(name, weights, acc, protocol)
+        del fused, acc
+        if searching:
+            final = {}  # the fixed-weight fusions are reported; free them before the search
         if req.search_on:
             final = _search_validation(req, data, add, results)
         elif req.search:
@@ -1071,12 +1155,12 @@ def _search_kfold(req: EnsembleRequest, data: ScoreSet, add: Callable, results: 
     folds = req.folds if req.folds is not None else 5
     n = len(data.names)
     parts = fold_split(n, folds, req.seed)
-    partition = _partition(data.scores, data.labels)
+    threats = find_threats(data.scores, data.labels)
     fused = np.empty((n, data.num_classes), dtype=np.float32)
     fold_rows: list[dict[str, Any]] = []
     for f in _progress(range(folds), req.progress, "cross-fitting"):
         train = np.concatenate([p for i, p in enumerate(parts) if i != f])
-        found = search_weights(data.scores, data.labels, train, partition=partition)
+        found = search_weights(data.scores, data.labels, train, threats=threats)
         fused[parts[f]] = fuse(data.scores, found.weights, parts[f])
         fold_top1 = float((fused[parts[f]].argmax(axis=1) == data.labels[parts[f]]).mean())
         fold_rows.append({
@@ -1084,7 +1168,7 @@ def _search_kfold(req: EnsembleRequest, data: ScoreSet, add: Callable, results: 
             "weights_arg": format_weights(found.weights, data.streams), "top1": fold_top1,
             "search_top1": found.correct / found.total,
         })
-    everything = search_weights(data.scores, data.labels, partition=partition)
+    everything = search_weights(data.scores, data.labels, threats=threats)
     results["search"] = {
         "protocol": "kfold",
         "method": "coordinate ascent, exact line search, weights in [0, 1]",
@@ -1181,6 +1265,7 @@ def render_report(results: dict[str, Any], per_class: bool = True) -> str:
         f"labels: {results['labels'] or 'none (fusion only, no accuracy)'}"
     )
     lines.append(head)
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
     dropped = {f: d for f, d in results["intersect"]["dropped"].items() if d}
     if dropped:
         lines.append("--intersect dropped: " + ", ".join(f"{d:,} from {f}" for f, d in dropped.items()))

@@ -17,7 +17,8 @@ from mmcl.data.naming import ntu_label, parse_ntu_name
 from mmcl.ensemble import (
     EnsembleRequest,
     _best_point,
-    _intervals,
+    _LineSearch,
+    find_threats,
     fold_split,
     fuse,
     hits,
@@ -170,6 +171,29 @@ def test_row_order_does_not_matter_unlike_zipping_by_position(tmp_path: Path) ->
     by_position = (raw[0] + raw[1] + raw[2]).argmax(axis=1) == labels
     by_name = fuse(b.scores, np.ones(3)).argmax(axis=1) == labels
     assert by_name.mean() > 0.6 and by_position.mean() < by_name.mean() - 0.3
+
+
+def test_ctrgcn_positional_names_are_read_as_lines_of_the_list(tmp_path: Path) -> None:
+    """CTR-GCN pickles say test_<i>; with the ordered test list they get the real names."""
+    names, labels, scores = make_streams(n=300, k=20, streams=2, seed=9)
+    listing = tmp_path / "test_list.txt"
+    listing.write_text("\n".join(names) + "\n")
+    rng = np.random.default_rng(0)
+    paths = []
+    for s, x in enumerate(scores):
+        path = tmp_path / f"ctrgcn_{s}.pkl"
+        path.write_bytes(pickle.dumps({f"test_{i}": x[i] for i in rng.permutation(len(names))}))
+        paths.append(path)
+    out = tmp_path / "fused.npz"
+    results = run_ensemble(EnsembleRequest(scores=paths, labels=labels_from_name_list(listing), out=out))
+    expected = (scores[0] + scores[1]).argmax(1) == labels
+    assert results["ensembles"][0]["top1"] == pytest.approx(expected.mean(), abs=0)
+    assert any("test_<i> read as line i of" in note for note in results["notes"])
+    assert sorted(load_scores(out).names.tolist()) == sorted(names)
+
+    listing.write_text("\n".join(names[:100]) + "\n")
+    with pytest.raises(MMCLError, match="has test_299 and .*lists only 100 names"):
+        run_ensemble(EnsembleRequest(scores=paths, labels=labels_from_name_list(listing)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,6 +423,23 @@ def test_per_class_accuracy_and_fixes_and_breaks(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # weight search
 # --------------------------------------------------------------------------------------------
+def test_threats_are_the_pairs_where_weights_matter() -> None:
+    y = np.array([0, 0, 1])
+    x = np.array([
+        [[3, 1, 0], [1, 2, 0], [0, 5, 1]],  # stream 0
+        [[3, 0, 1], [1, 0, 2], [0, 4, 9]],  # stream 1
+    ], dtype=np.float32)
+    threats = find_threats(x, y)
+    # sample 0: true class best in both streams; sample 1: each stream prefers another class;
+    # sample 2: class 2 wins in stream 1 only, class 1 wins in stream 0 only
+    assert threats.always_right.tolist() == [True, False, False]
+    assert threats.always_wrong.tolist() == [False, False, False]
+    assert threats.sample.tolist() == [1, 1, 2]
+    assert threats.margin.tolist() == [[-1, 1, 4], [1, -1, -5]]
+    x[1, 1] = [1, 5, 0]  # now class 1 beats the true class of sample 1 in both streams
+    assert find_threats(x, y).always_wrong.tolist() == [False, True, False]
+
+
 def test_line_search_is_exact_against_a_dense_grid() -> None:
     rng = np.random.default_rng(3)
     n, k = 300, 8
@@ -407,9 +448,10 @@ def test_line_search_is_exact_against_a_dense_grid() -> None:
     x[0, np.arange(n), y] += 1.0
     x[1, np.arange(n), y] += 0.8
     weights = np.array([0.7, 0.3, 0.5])
-    rows = np.arange(n)
+    search = _LineSearch(find_threats(x, y), np.arange(n))
+    assert 0 < len(search.contested) < n
     for s in range(3):
-        lo, hi = _intervals(x, y, rows, weights, s)
+        lo, hi = search.intervals(weights, s)
         t, count = _best_point(lo, hi, float(weights[s]), allow_zero=True)
 
         def acc(value: float) -> int:
@@ -417,8 +459,9 @@ def test_line_search_is_exact_against_a_dense_grid() -> None:
             w[s] = value
             return int((fuse(x, w).argmax(1) == y).sum())
 
-        assert count == acc(t)  # the sweep's count is the real top-1 at the chosen weight
-        assert count >= max(acc(v) for v in np.linspace(0, 1, 801))  # and nothing on the grid beats it
+        # the sweep's count is the real top-1 at the chosen weight, and nothing on the grid beats it
+        assert count + search.always_right == acc(t)
+        assert count + search.always_right >= max(acc(v) for v in np.linspace(0, 1, 801))
 
 
 def test_search_drops_a_useless_loud_stream() -> None:

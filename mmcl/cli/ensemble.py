@@ -21,13 +21,20 @@ Rows are joined by sample name, never by row order.
 \b
 Labels come from the score files, or from --labels FILE (one NTU name per
 line, label = A### - 1, e.g. upstream NTU120_XSub_Val.txt), or from a
-prepared dataset (--data DIR --benchmark B).
+prepared dataset (--data DIR --benchmark B). CTR-GCN names its test samples
+test_<i> (row i of its test split); with --labels or --data they are read as
+line i of that list, which must then be in CTR-GCN's order.
 
 \b
 Examples:
-  # four CTR-GCN streams, the upstream 0.6/0.6/0.4/0.4 weights
+  # six MMCL-Action streams with its published NTU120 X-Sub weights
+  mmcl ensemble J.pkl B.pkl JM.pkl BM.pkl HDJ.pkl HDB.pkl \\
+      --names j,b,jm,bm,hdj,hdb --labels NTU120_XSub_Val.txt \\
+      --weights 2.3617,4.3540,3.6038,1.0158,3.0575,5.0
+\b
+  # four CTR-GCN streams, its 0.6/0.6/0.4/0.4 weights, labels from a dataset
   mmcl ensemble j.pkl b.pkl jm.pkl bm.pkl --names j,b,jm,bm \\
-      --weights j=0.6,b=0.6,jm=0.4,bm=0.4 --labels NTU120_XSub_Val.txt
+      --weights j=0.6,b=0.6,jm=0.4,bm=0.4 --data data/ntu120 --benchmark xsub
 \b
   # mmcl score files; search weights by 5-fold cross-fitting on the test set
   mmcl ensemble runs/ntu120-xsub-*/scores.npz --search --folds 5
