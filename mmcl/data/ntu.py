@@ -398,6 +398,7 @@ class Actors:
 
     joints: np.ndarray  # float32 (T, M, 25, 3); M = 1 or 2, CTR-GCN's 75 or 150 columns
     colors: np.ndarray  # float32 (T, M, 25, 2); 0 where an actor is absent
+    frames: np.ndarray  # int (T,): the raw file frame of each row
     body_ids: int  # distinct bodyIDs in the file
 
 
@@ -405,9 +406,10 @@ def select_actors(raw: RawSkeleton, *, fix_slot2_span: bool = False) -> Actors:
     """Bodies -> actor slots, exactly as CTR-GCN's ``get_raw_denoised_data.py``."""
     bodies = bodies_of(raw)
     t = raw.num_frames
+    frames = np.delete(np.arange(raw.declared_frames), raw.dropped)  # valid frame -> file frame
     if len(bodies) == 1:  # one bodyID: no denoising, no zero-row removal
         joints, colors = _one_actor(bodies[0], t)
-        return Actors(joints, colors, 1)
+        return Actors(joints, colors, frames, 1)
     ranked = denoise(bodies, raw.source)
     if len(ranked) == 1:
         joints, colors = _one_actor(ranked[0], t)
@@ -415,8 +417,8 @@ def select_actors(raw: RawSkeleton, *, fix_slot2_span: bool = False) -> Actors:
         joints, colors = _two_actors(ranked, t, fix_slot2_span)
     keep = joints.reshape(t, -1).sum(axis=1) != 0
     if not keep.all():
-        joints, colors = joints[keep], colors[keep]
-    return Actors(joints, colors, len(bodies))
+        joints, colors, frames = joints[keep], colors[keep], frames[keep]
+    return Actors(joints, colors, frames, len(bodies))
 
 
 def _one_actor(body: Body, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -490,17 +492,34 @@ def to_two_slots(array: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class PreparedSkeleton:
+    """One NTU sample as stored: CTR-GCN's final joints plus the aligned colour coordinates."""
+
+    joints: np.ndarray  # float32 (T, 2, 25, 3), centred
+    colors: np.ndarray  # float32 (T, 2, 25, 2), colour-image pixels, 0 where an actor is absent
+    frame_index: np.ndarray  # int32 (T,): the raw file (= video) frame of each row
+    body_ids: int  # distinct bodyIDs in the raw file
+
+    @property
+    def actors(self) -> int:
+        """1 or 2: whether the second actor slot holds anyone."""
+        return 1 + int(np.any(self.joints[:, 1] != 0))
+
+
 def prepare_skeleton(
     data: bytes,
     source: str = "<bytes>",
     *,
     fix_slot2_span: bool = False,
     fix_empty_frame_origin: bool = False,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Raw file text -> (joints (T, 2, 25, 3), colors (T, 2, 25, 2), bodyIDs in the file)."""
+) -> PreparedSkeleton:
+    """Raw ``.skeleton`` text -> the prepared sample (parse, select actors, centre)."""
     actors = select_actors(parse_skeleton(data, source), fix_slot2_span=fix_slot2_span)
     joints = centre(actors.joints, fix_empty_frame_origin=fix_empty_frame_origin, source=source)
-    return to_two_slots(joints), to_two_slots(actors.colors), actors.body_ids
+    return PreparedSkeleton(
+        to_two_slots(joints), to_two_slots(actors.colors), actors.frames.astype(np.int32), actors.body_ids
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,6 +564,7 @@ class NtuSource:
     num_person: ClassVar[int] = 2
     channels: ClassVar[int] = 3
     has_colors: ClassVar[bool] = True
+    has_frame_index: ClassVar[bool] = True  # rows map to raw (video) frames: frame_index.npy
     meta_fields: ClassVar[tuple[str, ...]] = ("setup", "camera", "subject", "replication", "body_ids")
 
     @property
@@ -603,16 +623,23 @@ class NtuSource:
             data = path.read_bytes()
         except OSError as exc:
             raise SampleError(f"{path.name}: cannot be read: {exc.strerror or exc}") from None
-        joints, colors, body_ids = prepare_skeleton(
+        prepared = prepare_skeleton(
             data,
             path.name,
             fix_slot2_span=self.fix_slot2_span,
             fix_empty_frame_origin=self.fix_empty_frame_origin,
         )
-        actors = 1 + int(np.any(joints[:, 1] != 0))
         meta = {k: fields[k] for k in ("setup", "camera", "subject", "replication")}
-        meta["body_ids"] = body_ids
-        return Sample(name, fields["action"] - 1, joints, colors, actors, meta)
+        meta["body_ids"] = prepared.body_ids
+        return Sample(
+            name=name,
+            label=fields["action"] - 1,
+            joints=prepared.joints,
+            colors=prepared.colors,
+            bodies=prepared.actors,
+            meta=meta,
+            frame_index=prepared.frame_index,
+        )
 
     def splits(self, names: Sequence[str]) -> dict[str, dict[str, list[str]]]:
         return all_splits(self.name, names)

@@ -6,6 +6,7 @@ Layout of a dataset directory (see DESIGN.md, "Prepared dataset directory")::
                    mmcl version, source, and each array's file, dtype and shape
     joints.npy     float32 (total_frames, M, V, C): every sample's valid frames, back to back
     colors.npy     float32 (total_frames, M, V, 2): colour-image coordinates (when the source has them)
+    frame_index.npy int32 (total_frames,): raw (video) frame of each stored frame (when the source knows it)
     samples.csv    one row per sample: name, label, offset, frames, bodies, then metadata fields
     splits.json    {benchmark: {"train": [names], "test": [names]}}
     rejected.csv   samples excluded while preparing, with the file and reason
@@ -48,6 +49,7 @@ class Sample:
     colors: np.ndarray | None = None  # float32 (T, M, V, 2)
     bodies: int = 1
     meta: dict[str, int] = field(default_factory=dict)
+    frame_index: np.ndarray | None = None  # int (T,): the raw (video) frame of each kept frame
 
 
 class NpyAppender:
@@ -104,6 +106,7 @@ class DatasetWriter:
         meta_fields: Sequence[str],
         source: Mapping[str, Any],
         overwrite: bool = False,
+        frame_index: bool = False,
     ) -> None:
         self.out = Path(out)
         if self.out.exists() and not overwrite:
@@ -119,6 +122,7 @@ class DatasetWriter:
         row = (num_person, layout.num_joints)
         self._joints = NpyAppender(self.tmp / "joints.npy", (*row, channels))
         self._colors = NpyAppender(self.tmp / "colors.npy", (*row, 2)) if has_colors else None
+        self._frame_index = NpyAppender(self.tmp / "frame_index.npy", (), "<i4") if frame_index else None
         self._rows: list[list[Any]] = []
         self._names: set[str] = set()
         self.rejected: list[tuple[str, str, str]] = []
@@ -149,6 +153,10 @@ class DatasetWriter:
         if self._colors is not None:
             colors = sample.colors if sample.colors is not None else np.zeros((t, m, v, 2), np.float32)
             self._colors.append(colors)
+        if self._frame_index is not None:
+            if sample.frame_index is None or len(sample.frame_index) != t:
+                raise MMCLError(f"sample {sample.name}: frame_index must give the raw frame of each of its {t} frames")
+            self._frame_index.append(np.asarray(sample.frame_index))
         self._rows.append(
             [sample.name, sample.label, offset, t, sample.bodies]
             + [sample.meta.get(k, -1) for k in self.meta_fields]
@@ -170,6 +178,8 @@ class DatasetWriter:
         arrays = {"joints": self._joints.close()}
         if self._colors is not None:
             arrays["colors"] = self._colors.close()
+        if self._frame_index is not None:
+            arrays["frame_index"] = self._frame_index.close()
         with open(self.tmp / "samples.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["name", "label", "offset", "frames", "bodies", *self.meta_fields])
@@ -204,7 +214,7 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Remove the temporary folder (after an error); ``out`` is left untouched."""
-        for appender in (self._joints, self._colors):
+        for appender in (self._joints, self._colors, self._frame_index):
             if appender is not None and not appender._fh.closed:
                 appender._fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
