@@ -16,8 +16,6 @@ from mmcl.cli import main
 from mmcl.data.naming import ntu_label, parse_ntu_name
 from mmcl.ensemble import (
     EnsembleRequest,
-    _best_point,
-    _LineSearch,
     find_threats,
     fold_split,
     fuse,
@@ -30,6 +28,7 @@ from mmcl.ensemble import (
     run_ensemble,
     search_weights,
 )
+from mmcl.ensemble.search import _best_point, _LineSearch
 from mmcl.errors import MMCLError
 from mmcl.scores import load_scores, save_scores
 
