@@ -437,30 +437,44 @@ def test_threats_are_the_pairs_where_weights_matter() -> None:
     assert threats.margin.tolist() == [[-1, 1, 4], [1, -1, -5]]
     x[1, 1] = [1, 5, 0]  # now class 1 beats the true class of sample 1 in both streams
     assert find_threats(x, y).always_wrong.tolist() == [False, True, False]
+    x[0, 1], x[1, 1] = [2, 2, 0], [3, 1, 0]  # a tie in stream 0, the true class wins stream 1
+    threats = find_threats(x, y)
+    assert threats.always_wrong.tolist() == [False, False, False]
+    assert threats.sample.tolist() == [1, 2] and threats.margin[:, 0].tolist() == [0, 2]
+    x[1, 1] = [2, 2, 0]  # tied in both streams: never a strict win
+    assert find_threats(x, y).always_wrong.tolist() == [False, True, False]
 
 
-def test_line_search_is_exact_against_a_dense_grid() -> None:
+@pytest.mark.parametrize("quantized", [False, True])
+def test_line_search_is_exact_against_a_dense_grid(quantized: bool) -> None:
+    """The sweep's count is the real number of strict wins at the chosen weight, and no weight
+    on a dense grid does better. Quantized scores make ties (zero margins) common."""
     rng = np.random.default_rng(3)
     n, k = 300, 8
     y = rng.integers(0, k, n)
-    x = rng.standard_normal((3, n, k)).astype(np.float32)
+    if quantized:
+        x = rng.integers(0, 4, (3, n, k)).astype(np.float32)
+    else:
+        x = rng.standard_normal((3, n, k)).astype(np.float32)
     x[0, np.arange(n), y] += 1.0
     x[1, np.arange(n), y] += 0.8
     weights = np.array([0.7, 0.3, 0.5])
     search = _LineSearch(find_threats(x, y), np.arange(n))
     assert 0 < len(search.contested) < n
-    for s in range(3):
-        lo, hi = search.intervals(weights, s)
-        t, count = _best_point(lo, hi, float(weights[s]), allow_zero=True)
 
-        def acc(value: float) -> int:
+    for s in range(3):
+        def strict_wins(value: float) -> int:
             w = weights.copy()
             w[s] = value
-            return int((fuse(x, w).argmax(1) == y).sum())
+            f = np.einsum("s,snk->nk", w, x.astype(np.float64))
+            true = f[np.arange(n), y]
+            f[np.arange(n), y] = -np.inf
+            return int((true > f.max(axis=1)).sum())
 
-        # the sweep's count is the real top-1 at the chosen weight, and nothing on the grid beats it
-        assert count + search.always_right == acc(t)
-        assert count + search.always_right >= max(acc(v) for v in np.linspace(0, 1, 801))
+        lo, hi = search.intervals(weights, s)
+        t, count = _best_point(lo, hi, float(weights[s]), allow_zero=True)
+        assert count + search.always_right == strict_wins(t)
+        assert count + search.always_right >= max(strict_wins(v) for v in np.linspace(0, 1, 801))
 
 
 def test_search_drops_a_useless_loud_stream() -> None:

@@ -229,6 +229,7 @@ class ScoreSet:
 
 
 def preview(names: np.ndarray | Sequence[str], n: int = SHOWN) -> str:
+    """The first ``n`` names, comma-separated, for error messages."""
     shown = [str(x) for x in list(names[:n])]
     more = "" if len(names) <= n else ", ..."
     return ", ".join(shown) + more
@@ -493,6 +494,7 @@ def _align(
 
 
 def _check_finite(path: Path, names: np.ndarray, matrix: np.ndarray) -> None:
+    """NaN or inf anywhere is an error naming the file, the sample and the class."""
     for start in range(0, len(matrix), CHUNK_ROWS * 4):
         block = matrix[start : start + CHUNK_ROWS * 4]
         finite = np.isfinite(block)

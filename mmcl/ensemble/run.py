@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from mmcl.ensemble.labels import LabelSource, attach_labels
 from mmcl.ensemble.search import find_threats, fold_split, search_weights
 from mmcl.errors import MMCLError
 from mmcl.scores import save_scores
+
+
+METHOD = "coordinate ascent with an exact line search, weights in [0, 1]"
 
 
 @dataclass
@@ -59,34 +62,21 @@ def _metric_row(top1: np.ndarray | None, topk: np.ndarray | None) -> dict[str, f
     return {"top1": float(top1.mean()), "top5": float(topk.mean())}
 
 
-def run_ensemble(req: EnsembleRequest) -> dict[str, Any]:
-    """Fuse, evaluate, search and write as ``req`` asks; return the results (the --json dict).
+@dataclass
+class _Ensemble:
+    """One reported ensemble: its results entry, fused scores and per-sample top-1 hits."""
 
-    Without a search the streams are read one at a time (memory: about three [N, K] arrays);
-    a search holds all of them in one [S, N, K] array.
-    """
-    _check_request(req)
-    searching = req.search or bool(req.search_on)
-    with open_streams(req.scores, req.stream_names, req.intersect, req.labels) as data:
-        attach_labels(data, req.labels)
-        labelled = data.has_labels
-        if not labelled and (data.labels >= 0).any():
-            missing = data.names[data.labels < 0]
-            raise MMCLError(
-                f"{len(missing)} of {len(data.names)} samples have no label (first: {preview(missing)}); "
-                "give --labels FILE or --data DIR --benchmark B"
-            )
-        if searching and not labelled:
-            raise MMCLError(
-                "--search needs labels: the score files carry none; give --labels FILE or --data DIR --benchmark B"
-            )
-        streams, y = data.streams, data.labels
-        fixed = [("equal weights", np.ones(len(streams)), "fixed weights, no tuning")]
-        if req.weights is not None:
-            fixed.append(("given weights", parse_weights(req.weights, streams),
-                          "fixed weights from --weights, no tuning"))
+    entry: dict[str, Any]
+    fused: np.ndarray
+    top1: np.ndarray | None
 
-        results: dict[str, Any] = {
+
+class _Results:
+    """Builds the results dict (what ``--json`` prints) row by row."""
+
+    def __init__(self, data: ScoreSet, req: EnsembleRequest, labelled: bool) -> None:
+        self.streams, self.labels, self.labelled = data.streams, data.labels, labelled
+        self.data: dict[str, Any] = {
             "mmcl_version": __version__,
             "num_samples": int(len(data.names)),
             "num_classes": data.num_classes,
@@ -99,63 +89,100 @@ def run_ensemble(req: EnsembleRequest) -> dict[str, Any]:
                       for path, meta in zip(data.files, data.metas) if meta.get("positional_names")],
         }
 
+    def add_stream(self, name: str, path: Path, scores: np.ndarray) -> np.ndarray | None:
+        """Record a single stream; return its per-sample top-1 hits (None without labels)."""
+        top1 = topk = None
+        if self.labelled:
+            top1, topk = hits(scores, self.labels)
+        self.data["streams"].append({"name": name, "file": str(path), **_metric_row(top1, topk)})
+        return top1
+
+    def add_ensemble(
+        self, name: str, weights: np.ndarray | None, fused: np.ndarray, protocol: str, optimistic: bool = False
+    ) -> _Ensemble:
+        """Record an ensemble (``weights`` None: a different weight vector per fold)."""
+        top1 = topk = None
+        if self.labelled:
+            top1, topk = hits(fused, self.labels)
+        entry: dict[str, Any] = {
+            "name": name,
+            "weights": None if weights is None else dict(zip(self.streams, map(float, weights))),
+            "weights_arg": None if weights is None else format_weights(weights, self.streams),
+            "protocol": protocol,
+            "optimistic": optimistic,
+            **_metric_row(top1, topk),
+        }
+        self.data["ensembles"].append(entry)
+        return _Ensemble(entry, fused, top1)
+
+
+def run_ensemble(req: EnsembleRequest) -> dict[str, Any]:
+    """Fuse, evaluate, search and write as ``req`` asks; return the results (the --json dict).
+
+    Without a search the streams are read one at a time (memory: about three [N, K] arrays);
+    a search holds all of them in one [S, N, K] array.
+    """
+    _check_request(req)
+    searching = req.search or bool(req.search_on)
+    with open_streams(req.scores, req.stream_names, req.intersect, req.labels) as data:
+        attach_labels(data, req.labels)
+        labelled = _check_labelled(data, searching)
+        results = _Results(data, req, labelled)
+        fixed = [("equal weights", np.ones(len(data.streams)), "fixed weights, no tuning")]
+        if req.weights is not None:
+            fixed.append(("given weights", parse_weights(req.weights, data.streams),
+                          "fixed weights from --weights, no tuning"))
+
         # one pass over the streams: single-stream metrics and the fixed-weight fusions
         fused = [np.empty((len(data.names), data.num_classes), dtype=np.float32) for _ in fixed]
-        stream_top1: list[np.ndarray] = []
+        stream_top1 = []
         matrices = data.materialize(req.normalize) if searching else data.iter_scores(req.normalize)
         for s, matrix in enumerate(matrices):
-            row: dict[str, Any] = {"name": streams[s], "file": str(data.files[s]), **_metric_row(None, None)}
-            if labelled:
-                t1, t5 = hits(matrix, y)
-                stream_top1.append(t1)
-                row.update(_metric_row(t1, t5))
-            results["streams"].append(row)
+            stream_top1.append(results.add_stream(data.streams[s], data.files[s], matrix))
             for acc, (_, weights, _) in zip(fused, fixed):
                 accumulate_(acc, matrix, weights[s], first=s == 0)
-
-        def add(name: str, weights: np.ndarray | None, scores: np.ndarray, protocol: str, **extra: Any) -> dict:
-            entry: dict[str, Any] = {
-                "name": name,
-                "weights": None if weights is None else dict(zip(streams, map(float, weights))),
-                "weights_arg": None if weights is None else format_weights(weights, streams),
-                "protocol": protocol,
-                "optimistic": False,
-            }
-            entry.update(extra)
-            top1 = topk = None
-            if labelled:
-                top1, topk = hits(scores, y)
-            entry.update(_metric_row(top1, topk))
-            results["ensembles"].append(entry)
-            return {"entry": entry, "fused": scores, "top1": top1}
-
+        final = None
         for acc, (name, weights, protocol) in zip(fused, fixed):
-            final = add(name, weights, acc, protocol)
+            final = results.add_ensemble(name, weights, acc, protocol)
         del fused, acc
         if searching:
-            final = {}  # the fixed-weight fusions are reported; free them before the search
-        if req.search_on:
-            final = _search_validation(req, data, add, results)
-        elif req.search:
-            final = _search_kfold(req, data, add, results)
+            final = None  # the fixed-weight fusions are reported: free them before the search
+            search = _search_validation if req.search_on else _search_kfold
+            final = search(req, data, results)
+    assert final is not None
 
-    final_entry = final["entry"]
-    results["final"] = final_entry["name"]
-    results["weights_used"] = final_entry["weights_arg"]
-
-    # per class, and the samples fixed or broken relative to the best single stream
-    if labelled and stream_top1:
+    out = results.data
+    out["final"] = final.entry["name"]
+    out["weights_used"] = final.entry["weights_arg"]
+    if labelled and stream_top1:  # per class, and the samples fixed or broken vs the best stream
         best = int(np.argmax([t.mean() for t in stream_top1]))
-        results["best_stream"] = streams[best]
-        results.update(_per_class(y, stream_top1[best], final["top1"], data.num_classes, data.class_names))
-
+        out["best_stream"] = data.streams[best]
+        out.update(_per_class(data.labels, stream_top1[best], final.top1, data.num_classes, data.class_names))
     if req.out is not None:
-        save_scores(req.out, data.names, final["fused"], data.labels, _out_meta(data, req, final_entry, results))
-        results["out"] = str(req.out)
-    return results
+        save_scores(req.out, data.names, final.fused, data.labels, _out_meta(data, req, final.entry, out))
+        out["out"] = str(req.out)
+    return out
 
 
-def _search_validation(req: EnsembleRequest, data: ScoreSet, add: Callable, results: dict) -> dict:
+def _check_labelled(data: ScoreSet, searching: bool) -> bool:
+    """Whether every sample has a label; partial labels, or a search without labels, are errors."""
+    if data.has_labels:
+        return True
+    if (data.labels >= 0).any():
+        missing = data.names[data.labels < 0]
+        raise MMCLError(
+            f"{len(missing)} of {len(data.names)} samples have no label (first: {preview(missing)}); "
+            "give --labels FILE or --data DIR --benchmark B"
+        )
+    if searching:
+        raise MMCLError(
+            "--search needs labels: the score files carry none; give --labels FILE or --data DIR --benchmark B"
+        )
+    return False
+
+
+def _search_validation(req: EnsembleRequest, data: ScoreSet, results: _Results) -> _Ensemble:
+    """Search on held-out validation scores; report the test accuracy of those weights."""
     val = load_streams(req.search_on, data.streams, req.intersect, None, normalize=req.normalize)
     for vpath, vmeta, tpath, tmeta in zip(val.files, val.metas, data.files, data.metas):
         if vmeta.get("stream") and tmeta.get("stream") and vmeta["stream"] != tmeta["stream"]:
@@ -167,9 +194,9 @@ def _search_validation(req: EnsembleRequest, data: ScoreSet, add: Callable, resu
         raise MMCLError(
             f"the validation scores have {val.num_classes} classes, the test scores {data.num_classes}"
         )
-    if req.labels is not None:
-        rule = LabelSource(req.labels.description, None, req.labels.label_of, origin=req.labels.origin)
-        attach_labels(val, rule)
+    if req.labels is not None:  # the naming rule / dataset labels the validation names too
+        attach_labels(val, LabelSource(req.labels.description, None, req.labels.label_of,
+                                       origin=req.labels.origin))
     if not val.has_labels:
         missing = val.names[val.labels < 0]
         raise MMCLError(
@@ -183,23 +210,24 @@ def _search_validation(req: EnsembleRequest, data: ScoreSet, add: Callable, resu
             f"(first: {preview(val.names[overlap])}); a validation set must be held out from the test set"
         )
     found = search_weights(val.scores, val.labels)
-    files = ", ".join(str(p) for p in val.files)
-    protocol = (
-        f"weights searched on a validation set ({found.total} samples: {files}); "
-        "the test labels were never used to choose them"
-    )
-    results["search"] = {
+    del val
+    results.data["search"] = {
         "protocol": "validation",
-        "method": "coordinate ascent, exact line search, weights in [0, 1]",
-        "validation_files": [str(p) for p in val.files],
+        "method": METHOD,
+        "validation_files": [str(p) for p in req.search_on],
         "validation_samples": found.total,
         "validation_top1": found.correct / found.total,
         "rounds": found.rounds,
     }
-    return add("searched (validation)", found.weights, fuse(data.scores, found.weights), protocol)
+    protocol = (
+        f"weights searched on a validation set ({found.total} samples: {', '.join(map(str, req.search_on))}); "
+        "the test labels were never used to choose them"
+    )
+    return results.add_ensemble("searched (validation)", found.weights, fuse(data.scores, found.weights), protocol)
 
 
-def _search_kfold(req: EnsembleRequest, data: ScoreSet, add: Callable, results: dict) -> dict:
+def _search_kfold(req: EnsembleRequest, data: ScoreSet, results: _Results) -> _Ensemble:
+    """k-fold cross-fitting on the test scores: out-of-fold top-1, plus the optimistic figure."""
     folds = req.folds if req.folds is not None else 5
     n = len(data.names)
     parts = fold_split(n, folds, req.seed)
@@ -210,28 +238,25 @@ def _search_kfold(req: EnsembleRequest, data: ScoreSet, add: Callable, results: 
         train = np.concatenate([p for i, p in enumerate(parts) if i != f])
         found = search_weights(data.scores, data.labels, train, threats=threats)
         fused[parts[f]] = fuse(data.scores, found.weights, parts[f])
-        fold_top1 = float((fused[parts[f]].argmax(axis=1) == data.labels[parts[f]]).mean())
         fold_rows.append({
-            "fold": f, "samples": int(len(parts[f])), "weights": dict(zip(data.streams, map(float, found.weights))),
-            "weights_arg": format_weights(found.weights, data.streams), "top1": fold_top1,
+            "fold": f,
+            "samples": int(len(parts[f])),
+            "weights": dict(zip(data.streams, map(float, found.weights))),
+            "weights_arg": format_weights(found.weights, data.streams),
+            "top1": float((fused[parts[f]].argmax(axis=1) == data.labels[parts[f]]).mean()),
             "search_top1": found.correct / found.total,
         })
     everything = search_weights(data.scores, data.labels, threats=threats)
-    results["search"] = {
-        "protocol": "kfold",
-        "method": "coordinate ascent, exact line search, weights in [0, 1]",
-        "folds": folds,
-        "seed": req.seed,
-        "fold_results": fold_rows,
+    results.data["search"] = {
+        "protocol": "kfold", "method": METHOD, "folds": folds, "seed": req.seed, "fold_results": fold_rows,
     }
-    honest = add(
+    honest = results.add_ensemble(
         f"searched ({folds}-fold cross-fit)", None, fused,
         f"out-of-fold: each fold's weights were searched on the other {folds - 1} folds of these test samples",
     )
-    add(
+    results.add_ensemble(
         "searched on all test samples", everything.weights, fuse(data.scores, everything.weights),
-        "OPTIMISTIC: weights tuned on these same test labels; not a fair test accuracy",
-        optimistic=True,
+        "OPTIMISTIC: weights tuned on these same test labels; not a fair test accuracy", optimistic=True,
     )
     return honest
 

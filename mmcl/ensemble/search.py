@@ -28,8 +28,8 @@ class Threats:
 
     Class ``c`` threatens sample ``i`` when some stream scores it at least as high as the true
     class. A sample with no threat is right for every non-negative weight vector; a sample
-    where one class is strictly higher in *every* stream is wrong for all of them. The search
-    only ever looks at the threats, a few per sample instead of all K classes.
+    where one class scores at least as high in *every* stream never wins strictly, whatever
+    the weights. The search only ever looks at the threats, a few per sample instead of K.
     """
 
     sample: np.ndarray  # int64 [P], ascending: the sample (row) of each pair
@@ -57,7 +57,7 @@ def find_threats(scores: np.ndarray, labels: np.ndarray) -> Threats:
         samples.append(rr + start)
         margins.append(-above[:, rr, cc])
         right[start : start + len(y)] = ~(worst >= 0).any(axis=1)
-        wrong[start : start + len(y)] = (best > 0).any(axis=1)
+        wrong[start : start + len(y)] = (best >= 0).any(axis=1)  # never a strict win
     margin = np.concatenate(margins, axis=1) if margins else np.empty((num_streams, 0), np.float32)
     sample = np.concatenate(samples) if samples else np.empty(0, np.int64)
     return Threats(sample.astype(np.int64), margin, right, wrong)
