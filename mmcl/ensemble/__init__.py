@@ -25,6 +25,8 @@ The pieces, in the order ``mmcl ensemble`` uses them:
      Top-1 never decreases, so it converges to a coordinate-wise optimum.
    - Finally rescale so the largest weight is 1 and round to 4 decimals. The reported
      accuracy is recomputed with exactly these printed weights.
+   - The search counts strict wins (the true class above every other); reported top-1 is
+     ``argmax == label`` everywhere. The two differ only on exact ties.
    - Only *threats* matter: (sample, class) pairs where some stream scores the class at least
      as high as the true class (:func:`find_threats`). A sample without threats is right for
      every non-negative weight vector, so the sweeps work on a few pairs per sample instead

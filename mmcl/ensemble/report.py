@@ -44,8 +44,9 @@ def render_report(results: dict[str, Any], per_class: bool = True) -> str:
                   tabulate(frows, headers=["fold", "samples", "top-1 % (searched on)", "top-1 % (held out)", "weights"],
                            disable_numparse=True, colalign=("right", "right", "right", "right", "left"))]
     elif search:
-        lines += ["", f"Validation top-1 with the searched weights: {_pct(search['validation_top1'])} % "
-                  f"on {search['validation_samples']:,} samples (in-sample for the search)."]
+        lines += ["", f"Weights searched on the validation files {', '.join(search['validation_files'])}: "
+                  f"their top-1 there is {_pct(search['validation_top1'])} % on "
+                  f"{search['validation_samples']:,} samples (in-sample for the search)."]
 
     if results.get("weights_used"):
         lines += ["", f"Weights used ({results['final']}), to reuse: --weights {results['weights_used']}"]

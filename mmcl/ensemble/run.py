@@ -219,10 +219,7 @@ def _search_validation(req: EnsembleRequest, data: ScoreSet, results: _Results) 
         "validation_top1": found.correct / found.total,
         "rounds": found.rounds,
     }
-    protocol = (
-        f"weights searched on a validation set ({found.total} samples: {', '.join(map(str, req.search_on))}); "
-        "the test labels were never used to choose them"
-    )
+    protocol = f"weights searched on {found.total} validation samples; test labels never used"
     return results.add_ensemble("searched (validation)", found.weights, fuse(data.scores, found.weights), protocol)
 
 
@@ -252,11 +249,11 @@ def _search_kfold(req: EnsembleRequest, data: ScoreSet, results: _Results) -> _E
     }
     honest = results.add_ensemble(
         f"searched ({folds}-fold cross-fit)", None, fused,
-        f"out-of-fold: each fold's weights were searched on the other {folds - 1} folds of these test samples",
+        f"out-of-fold: each fold's weights searched on the other {folds - 1} folds",
     )
     results.add_ensemble(
         "searched on all test samples", everything.weights, fuse(data.scores, everything.weights),
-        "OPTIMISTIC: weights tuned on these same test labels; not a fair test accuracy", optimistic=True,
+        "OPTIMISTIC: tuned on these same test labels", optimistic=True,
     )
     return honest
 
