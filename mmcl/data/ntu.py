@@ -87,7 +87,7 @@ class RawSkeleton:
 # arithmetic (eight digits per multiply-shift). Exponents, tokens of 16+ characters and anything
 # unusual take the exact per-line path instead.
 _W = 16
-_PAD = b" " * _W
+_PAD = b"\0" * _W  # so that every token has 16 bytes before its end
 _U64 = np.uint64
 _BYTE_MASKS = np.array(  # _BYTE_MASKS[k]: the top k bytes of a word
     [0] + [(1 << 64) - (1 << (8 * (8 - k))) for k in range(1, 9)], dtype=_U64
@@ -244,7 +244,15 @@ def _parse_joint_lines(
     values = np.ascontiguousarray(values)
     for i in np.flatnonzero(~good).tolist():
         values[i] = _parse_joint_line(data[ls[i] - _W : le[i] - _W], int(lines[i]), source)
-    return values.astype(np.float32)
+    values = values.astype(np.float32)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise SampleError(
+            f"{source}: line {int(lines[i]) + 1}: a coordinate is not a finite float32 number: "
+            f"{_show(data[ls[i] - _W : le[i] - _W])}"
+        )
+    return values
 
 
 def _parse_numbers(buf: np.ndarray, end: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +269,7 @@ def _parse_numbers(buf: np.ndarray, end: np.ndarray, length: np.ndarray) -> tupl
     isdigit = digit < 10
     digit *= isdigit
     code = isdigit.view(np.uint8) | ((chars == 46).view(np.uint8) << 4)  # digit 1, dot 16
-    inside = _BYTE_MASKS[np.stack([np.clip(length - 8, 0, 8), np.minimum(length, 8)], axis=1)]
+    inside = _BYTE_MASKS[np.stack([np.clip(length - 8, 0, 8), np.clip(length, 0, 8)], axis=1)]
     digits = digit.view(_U64) & inside  # (n, 2) words
     codes = code.view(_U64) & inside
     counts = ((codes[:, 0] * _ONES) >> _U64(56)) + ((codes[:, 1] * _ONES) >> _U64(56))
