@@ -615,7 +615,7 @@ class NtuSource:
         if name in missing_skeletons(self.missing_list):
             return "on the official missing-skeleton list"
         if fields["setup"] > self.max_setup or fields["action"] > self.num_classes:
-            return f"not part of {self.name} (setup {fields['setup']}, action {fields['action']})"
+            return f"not part of {self.name} (setup > {self.max_setup} or action > {self.num_classes})"
         return None
 
     def read(self, path: Path) -> Sample:
