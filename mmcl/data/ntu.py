@@ -213,35 +213,17 @@ def _parse_joint_lines(
 ) -> np.ndarray:
     """x y z colorX colorY of each joint line, float32 (n, 5).
 
-    Lines of 12 fields separated by single spaces go through the vectorised parser; any line or
-    number it does not accept (exponents, long tokens, other whitespace, garbage) is parsed
-    exactly with Python, which also produces the error message when the line is malformed.
+    Lines of 12 fields separated by single spaces go through the vectorised parser, in blocks
+    small enough for the CPU cache; any line or number it does not accept (exponents, long
+    tokens, other whitespace, garbage) is parsed exactly with Python, which also produces the
+    error message when the line is malformed.
     """
     n = len(ls)
-    spaces = np.flatnonzero(buf == 32)
-    gaps = JOINT_FIELDS - 1
-    if len(spaces) < gaps:
-        good = np.zeros(n, bool)
-        values = np.zeros((n, len(_NEEDED)))
-    else:
-        k0 = np.searchsorted(spaces, ls)
-        k = np.minimum(k0, len(spaces) - gaps)
-        last = spaces[k + gaps - 1]
-        after = spaces[np.minimum(k + gaps, len(spaces) - 1)]
-        # exactly 11 spaces in the line, none leading, and a non-empty last field
-        good = (k == k0) & (last < le) & ((k + gaps >= len(spaces)) | (after > le))
-        good &= (spaces[k] > ls) & (buf[np.minimum(last + 1, len(buf) - 1)] > 32)
-        doubled = np.flatnonzero(np.diff(spaces) == 1)
-        if len(doubled):  # rare: mark lines holding two spaces in a row
-            good[np.searchsorted(ls, spaces[doubled], side="right") - 1] = False
-        ends = spaces[k + np.array(_NEEDED)[:, None]]  # (5, n)
-        begins = np.empty_like(ends)
-        begins[0] = ls
-        begins[1:] = spaces[k + np.array([f - 1 for f in _NEEDED[1:]])[:, None]] + 1
-        values, ok = _parse_numbers(buf, ends.ravel(), (ends - begins).ravel())
-        good &= ok.reshape(len(_NEEDED), n).all(axis=0)
-        values = values.reshape(len(_NEEDED), n).T
-    values = np.ascontiguousarray(values)
+    values = np.empty((n, len(_NEEDED)))
+    good = np.empty(n, bool)
+    for lo in range(0, n, _LINES_PER_BLOCK):
+        hi = min(lo + _LINES_PER_BLOCK, n)
+        values[lo:hi], good[lo:hi] = _parse_line_block(buf, ls[lo:hi], le[lo:hi])
     for i in np.flatnonzero(~good).tolist():
         values[i] = _parse_joint_line(data[ls[i] - _W : le[i] - _W], int(lines[i]), source)
     values = values.astype(np.float32)
@@ -253,6 +235,39 @@ def _parse_joint_lines(
             f"{_show(data[ls[i] - _W : le[i] - _W])}"
         )
     return values
+
+
+_LINES_PER_BLOCK = 1024
+_GAPS = JOINT_FIELDS - 1
+_FIELD_ENDS = np.array(_NEEDED)[:, None]
+_FIELD_STARTS = np.array([f - 1 for f in _NEEDED[1:]])[:, None]
+
+
+def _parse_line_block(buf: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values (n, 5), good (n,)) for joint lines starting at ``ls`` and ending at ``le``."""
+    n = len(ls)
+    start = int(ls[0])
+    spaces = np.flatnonzero(buf[start : int(le[-1]) + 1] == 32)
+    if len(spaces) < _GAPS:
+        return np.zeros((n, len(_NEEDED))), np.zeros(n, bool)
+    spaces += start
+    k0 = np.searchsorted(spaces, ls)
+    k = np.minimum(k0, len(spaces) - _GAPS)
+    last = spaces[k + _GAPS - 1]
+    after = spaces[np.minimum(k + _GAPS, len(spaces) - 1)]
+    # exactly 11 spaces in the line, none leading, and a non-empty last field
+    good = (k == k0) & (last < le) & ((k + _GAPS >= len(spaces)) | (after > le))
+    good &= (spaces[k] > ls) & (buf[np.minimum(last + 1, len(buf) - 1)] > 32)
+    doubled = np.flatnonzero(np.diff(spaces) == 1)
+    if len(doubled):  # rare: mark lines holding two spaces in a row
+        good[np.searchsorted(ls, spaces[doubled], side="right") - 1] = False
+    ends = spaces[k + _FIELD_ENDS]  # (5, n)
+    begins = np.empty_like(ends)
+    begins[0] = ls
+    begins[1:] = spaces[k + _FIELD_STARTS] + 1
+    values, ok = _parse_numbers(buf, ends.ravel(), (ends - begins).ravel())
+    good &= ok.reshape(len(_NEEDED), n).all(axis=0)
+    return values.reshape(len(_NEEDED), n).T, good
 
 
 def _parse_numbers(buf: np.ndarray, end: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
