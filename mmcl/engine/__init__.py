@@ -1,0 +1,1 @@
+"""Training and evaluation engine: Accelerate loop, checkpoints, evaluation, reports."""
