@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mmcl.data.sources import SampleError
-from mmcl.data.ucla import ACTION_TO_LABEL, CLASS_NAMES, UclaSource, parse_ucla_name, ucla_split_names
+from mmcl.data.splits import split_names
+from mmcl.data.ucla import ACTION_TO_LABEL, CLASS_NAMES, UclaSource, parse_ucla_name
 from mmcl.errors import MMCLError
 from mmcl.graphs import UCLA
 
@@ -91,9 +92,11 @@ def test_xview_split_views_1_2_train_view_3_test(all_sqe: Path) -> None:
     assert len(train) == 16 and len(test) == 8 and not set(train) & set(test)
     assert [parse_ucla_name(n)["view"] for n in train] == [1] * 8 + [2] * 8  # view 1 first, then 2
     assert {parse_ucla_name(n)["view"] for n in test} == {3}
-    assert ucla_split_names("xview", names) == (train, test)
-    with pytest.raises(MMCLError, match="xsub"):
-        ucla_split_names("xsub", names)
+    assert split_names("ucla", "xview", names) == (train, test)
+    with pytest.raises(MMCLError, match="unknown benchmark 'xsub' for 'ucla'"):
+        split_names("ucla", "xsub", names)
+    with pytest.raises(MMCLError, match="view 4"):  # never dropped silently
+        split_names("ucla", "xview", [*names, "a01_s01_e00_v04"])
 
 
 @pytest.mark.parametrize(
@@ -139,3 +142,38 @@ def test_label_and_name_mismatches(tmp_path: Path) -> None:
     (tmp_path / "walk.json").write_text("{}")
     with pytest.raises(SampleError, match="not an NW-UCLA sample name"):
         source.read(tmp_path / "walk.json")
+
+
+def test_prepare_end_to_end_with_rejections(all_sqe: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mmcl.cli import main
+    from mmcl.data import open_dataset
+    from mmcl.data.store import read_rejected
+
+    (all_sqe / "a02_s05_e00_v01.json").write_text('{"file_name": "a02_s05_e00_v01", "skeletons": [[[0, 0')
+    write_sample(all_sqe, 3, 5, 0, 2, frames=4, label=9)
+    out = tmp_path / "data" / "ucla"
+    result = CliRunner().invoke(main, ["prepare", "ucla", "--raw", str(all_sqe.parent), "--out", str(out), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "xview: train / test" in result.output and "16 / 8" in result.output
+
+    ds = open_dataset(out)
+    assert ds.name == "ucla" and ds.class_names == list(CLASS_NAMES)
+    assert len(ds) == 24 and ds.num_person == 1 and ds.layout.joint_names == UCLA.joint_names
+    assert ds.colors(ds.names[0]) is None
+    for name in ds.names:
+        data = json.loads((all_sqe / f"{name}.json").read_text())
+        np.testing.assert_array_equal(ds.joints(name)[:, 0], np.asarray(data["skeletons"], np.float32))
+        assert ds.info_of(name).label == data["label"] - 1
+        assert ds.info_of(name).meta == parse_ucla_name(name)
+    rejected = {row["name"]: row["reason"] for row in read_rejected(out)}
+    assert set(rejected) == {"a02_s05_e00_v01", "a03_s05_e00_v02"}
+    assert "malformed JSON" in rejected["a02_s05_e00_v01"]
+    assert "label 9 does not match" in rejected["a03_s05_e00_v02"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["prepare", "ucla", "--raw", str(empty), "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "no NW-UCLA files" in result.output
+    assert not (tmp_path / "x").exists()

@@ -10,7 +10,8 @@ import pytest
 from scipy.io import loadmat, savemat
 
 from mmcl.data.sources import SampleError
-from mmcl.data.utd_mhad import CLASS_NAMES, UtdMhadSource, parse_utd_name, utd_split_names
+from mmcl.data.splits import split_names
+from mmcl.data.utd_mhad import CLASS_NAMES, UtdMhadSource, parse_utd_name
 from mmcl.errors import MMCLError
 
 
@@ -45,8 +46,9 @@ def test_discover_and_xsub_split_on_the_full_set(utd: Path) -> None:
     assert {parse_utd_name(n)["subject"] for n in test} == {2, 4, 6, 8}
     assert [parse_utd_name(n)["subject"] for n in train][:1] == [1]  # grouped by subject
     assert len(CLASS_NAMES) == 27 and {parse_utd_name(n)["action"] for n in names} == set(range(1, 28))
-    with pytest.raises(MMCLError, match="xview"):
-        utd_split_names("xview", names)
+    assert split_names("utd-mhad", "xsub", names) == (train, test)
+    with pytest.raises(MMCLError, match="unknown benchmark 'xview'"):
+        split_names("utd-mhad", "xview", names)
 
 
 def test_discover_errors_and_skeleton_subfolder(tmp_path: Path, utd: Path) -> None:
@@ -78,3 +80,41 @@ def test_bad_files_raise_sample_error(tmp_path: Path) -> None:
         with pytest.raises(SampleError, match=reason) as err:
             source.read(path)
         assert name in str(err.value)
+
+
+def test_prepare_the_full_set(utd: Path, tmp_path: Path) -> None:
+    from mmcl.data import open_dataset
+    from mmcl.data.prepare import prepare_dataset
+
+    summary = prepare_dataset(UtdMhadSource(), utd, tmp_path / "utd", workers=2, progress=False)
+    assert (summary.samples, summary.rejected, summary.frames) == (861, 0, 58299)
+    assert summary.splits == {"xsub": {"train": 431, "test": 430}}
+    ds = open_dataset(tmp_path / "utd")
+    assert ds.name == "utd-mhad" and len(ds.class_names) == 27 and ds.num_person == 1
+    assert sorted(set(ds.labels.tolist())) == list(range(27))
+    assert not ds.has_colors
+    frames = [ds.info_of(n).frames for n in ds.names]
+    assert min(frames) == 41 and max(frames) == 125
+    for name in ("a1_s1_t1", "a14_s6_t2", "a27_s8_t3"):
+        raw = loadmat(utd / f"{name}_skeleton.mat")["d_skel"]
+        joints = ds.joints(name)
+        assert joints.shape == (raw.shape[2], 1, 20, 3)
+        np.testing.assert_array_equal(joints[:, 0], raw.transpose(2, 0, 1).astype(np.float32))
+
+
+def test_prepare_lists_bad_files_and_goes_on(utd: Path, tmp_path: Path) -> None:
+    from mmcl.data import open_dataset
+    from mmcl.data.prepare import prepare_dataset
+    from mmcl.data.store import read_rejected
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("a1_s1_t1", "a1_s2_t1", "a2_s3_t1"):
+        shutil.copy(utd / f"{name}_skeleton.mat", raw)
+    data = (utd / "a2_s4_t1_skeleton.mat").read_bytes()
+    (raw / "a2_s4_t1_skeleton.mat").write_bytes(data[: len(data) // 2])  # truncated
+    summary = prepare_dataset(UtdMhadSource(), raw, tmp_path / "out", workers=1, progress=False)
+    assert (summary.samples, summary.rejected) == (3, 1)
+    rejected = read_rejected(tmp_path / "out")
+    assert [r["name"] for r in rejected] == ["a2_s4_t1"] and "a2_s4_t1_skeleton.mat" in rejected[0]["reason"]
+    assert open_dataset(tmp_path / "out").splits["xsub"] == {"train": ["a1_s1_t1", "a2_s3_t1"], "test": ["a1_s2_t1"]}

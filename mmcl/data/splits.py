@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping, Sequence
 
 from mmcl.data.naming import parse_ntu_name
+from mmcl.data.ucla import parse_ucla_name
+from mmcl.data.utd_mhad import parse_utd_name
 from mmcl.errors import MMCLError
 
 SplitRule = Callable[[Sequence[str]], "tuple[list[str], list[str]]"]
@@ -81,10 +83,36 @@ def ntu120_xset(names: Sequence[str]) -> tuple[list[str], list[str]]:
     return grouped_split(names, _ntu_field("setup"), range(2, 33, 2), range(1, 32, 2), what="setup")
 
 
+def ucla_xview(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """NW-UCLA cross-view (CTR-GCN's protocol): views 1 then 2 train, view 3 tests."""
+    return grouped_split(names, lambda n: parse_ucla_name(n)["view"], (1, 2), (3,), what="view")
+
+
+def utd_mhad_xsub(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """UTD-MHAD cross-subject: odd subjects 1, 3, 5, 7 train, even subjects 2, 4, 6, 8 test."""
+    return grouped_split(names, lambda n: parse_utd_name(n)["subject"], (1, 3, 5, 7), (2, 4, 6, 8), what="subject")
+
+
+SYNTHETIC_XSUB_TRAIN = (1, 2, 3, 4)  # of the synthetic set's performers 1-8
+
+
+def synthetic_xsub(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Synthetic cross-performer: performers 1-4 train, 5-8 test (each has their own body size)."""
+    return grouped_split(names, _ntu_field("subject"), SYNTHETIC_XSUB_TRAIN, _rest(SYNTHETIC_XSUB_TRAIN, 8), what="performer")
+
+
+def synthetic_xview(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Synthetic cross-view, as NTU's: cameras 2 then 3 train, camera 1 tests."""
+    return grouped_split(names, _ntu_field("camera"), (2, 3), (1,), what="camera")
+
+
 # dataset -> benchmark -> rule. Other datasets add their entries here.
 RULES: dict[str, dict[str, SplitRule]] = {
     "ntu60": {"xsub": ntu60_xsub, "xview": ntu60_xview},
     "ntu120": {"xsub": ntu120_xsub, "xset": ntu120_xset},
+    "ucla": {"xview": ucla_xview},
+    "utd-mhad": {"xsub": utd_mhad_xsub},
+    "synthetic": {"xsub": synthetic_xsub, "xview": synthetic_xview},
 }
 
 

@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
 from mmcl.data import synthetic_motion as motion
+from mmcl.data.naming import parse_ntu_name
+from mmcl.data.ntu import NtuSource
 from mmcl.errors import MMCLError
+
+if TYPE_CHECKING:
+    from mmcl.data.prepare import PrepareSummary
 
 CLASS_NAMES: tuple[str, ...] = (
     "wave right hand",
@@ -56,6 +62,7 @@ class ActionSpec:
     actors: int
     cycles: tuple[int, int]  # inclusive range of repetitions
     gap: tuple[float, float] = (0.0, 0.0)  # distance between the two actors' roots, metres
+    walks: bool = False  # the actors walk ``Style.travel`` metres each, so start that much further apart
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
@@ -73,12 +80,11 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec(motion.handshake, 2, (2, 4), gap=(0.85, 1.0)),
     ActionSpec(motion.push, 2, (1, 1), gap=(0.75, 0.9)),
     ActionSpec(motion.hug, 2, (1, 1), gap=(0.5, 0.6)),
-    ActionSpec(motion.walk_towards, 2, (1, 1), gap=(0.7, 0.9)),
+    ActionSpec(motion.walk_towards, 2, (1, 1), gap=(0.7, 0.9), walks=True),
 )
 assert len(ACTIONS) == len(CLASS_NAMES)
 
-PERFORMERS = 8
-TRAIN_PERFORMERS = (1, 2, 3, 4)
+PERFORMERS = 8  # the splits (mmcl.data.splits) train on performers 1-4 and test on 5-8
 CAMERA_YAW_DEG = {1: 0.0, 2: -45.0, 3: 45.0}  # where each camera looks from
 DEFAULT_SAMPLES_PER_CLASS = 32
 FRAMES = (40, 100)  # inclusive range of recording lengths
@@ -183,7 +189,7 @@ def synthesize(seed: int, action: int, index: int) -> Recording:
     if spec.actors == 1:
         headings, offsets = [math.pi + yaw], [np.zeros(3)]
     else:
-        gap = rng.uniform(*spec.gap) + 2 * style.travel * (spec.fn is motion.walk_towards)
+        gap = rng.uniform(*spec.gap) + (2 * style.travel if spec.walks else 0.0)
         h = math.pi / 2 + yaw + (math.pi if rng.random() < 0.5 else 0.0)
         facing = np.array([math.sin(h), 0.0, math.cos(h)])
         headings, offsets = [h, h + math.pi], [-gap / 2 * facing, gap / 2 * facing]
@@ -201,7 +207,7 @@ def synthesize(seed: int, action: int, index: int) -> Recording:
         tracks.append(Track(_BODY_ID_BASE + int(ids_used[k]), start, xyz, tracking, hd))
     if rng.random() < 0.06:  # a short-lived ghost body (furniture, a passer-by)
         tracks.append(_ghost(rng, frames, cams[0], _BODY_ID_BASE + int(ids_used[-1])))
-    crlf = (ids["setup"] + ids["subject"] + ids["camera"]) % 2 == 1
+    crlf = bool(rng.random() < 0.6)  # 7 of the 12 real files in ../shared/data have CRLF endings
     return Recording(sample_name(action, index), action, frames, tracks, crlf)
 
 
@@ -302,17 +308,14 @@ def skeleton_text(rec: Recording) -> str:
     return text.replace("\n", "\r\n") if rec.crlf else text
 
 
-def _write_class(args: tuple[Path, int, int, int]) -> list[Path]:
-    raw, seed, action, count = args
-    paths = []
-    for index in range(count):
-        rec = synthesize(seed, action, index)
-        path = raw / f"{rec.name}.skeleton"
-        tmp = path.with_suffix(".skeleton.tmp")
-        tmp.write_bytes(skeleton_text(rec).encode("ascii"))
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+def _write_one(job: tuple[Path, int, int, int]) -> Path:
+    raw, seed, action, index = job
+    rec = synthesize(seed, action, index)
+    path = raw / f"{rec.name}.skeleton"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(skeleton_text(rec).encode("ascii"))
+    os.replace(tmp, path)
+    return path
 
 
 def write_synthetic_raw(
@@ -322,6 +325,7 @@ def write_synthetic_raw(
     samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS,
     workers: int = 1,
     actions: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> list[Path]:
     """Write the synthetic recordings as ``.skeleton`` files into ``raw_dir``; return their paths
     (class by class, in sample order). ``actions`` limits it to some 0-based classes."""
@@ -329,10 +333,78 @@ def write_synthetic_raw(
         raise MMCLError(f"samples_per_class must be at least 1, got {samples_per_class}")
     raw = Path(raw_dir)
     raw.mkdir(parents=True, exist_ok=True)
-    todo = [(raw, seed, a, samples_per_class) for a in (range(len(ACTIONS)) if actions is None else actions)]
-    if workers <= 1:
-        chunks = [_write_class(job) for job in todo]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            chunks = list(pool.map(_write_class, todo))
-    return [p for chunk in chunks for p in chunk]
+    classes = range(len(ACTIONS)) if actions is None else actions
+    jobs = [(raw, seed, a, i) for a in classes for i in range(samples_per_class)]
+    from tqdm import tqdm
+
+    paths: list[Path] = []
+    with tqdm(total=len(jobs), desc="generate synthetic", unit="file", disable=not progress, mininterval=0.5) as bar:
+        if workers <= 1:
+            for job in jobs:
+                paths.append(_write_one(job))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for path in pool.map(_write_one, jobs, chunksize=8):
+                    paths.append(path)
+                    bar.update()
+    return paths
+
+
+# -- preparing it -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticSource(NtuSource):
+    """The synthetic recordings read by the NTU reader and denoiser (CTR-GCN semantics, defaults
+    unchanged), with the synthetic class names, no missing-skeleton list and the synthetic splits.
+    ``seed`` and ``samples_per_class`` are only recorded in dataset.json."""
+
+    seed: int = 0
+    samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS
+
+    name: ClassVar[str] = "synthetic"
+    num_classes: ClassVar[int] = len(CLASS_NAMES)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return CLASS_NAMES
+
+    def skip_reason(self, name: str) -> str | None:
+        try:
+            action = parse_ntu_name(name)["action"]
+        except MMCLError:
+            return None  # read() rejects it with the reason
+        if action > self.num_classes:
+            return f"not a synthetic class (action {action}; there are {self.num_classes})"
+        return None
+
+    def options(self) -> dict[str, Any]:
+        return {
+            **super().options(),
+            "generator": "mmcl.data.synthetic (raw files generated into a temporary folder, then removed)",
+            "seed": self.seed,
+            "samples_per_class": self.samples_per_class,
+        }
+
+
+def prepare_synthetic(
+    out: Path | str,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    workers: int = 1,
+    samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS,
+) -> "PrepareSummary":
+    """Generate the synthetic recordings into a temporary raw folder beside ``out`` and prepare
+    them with the NTU pipeline into ``out``; the raw folder is removed afterwards."""
+    from mmcl.data.prepare import prepare_dataset  # the shared prepare pipeline
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MMCLError(f"{out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.raw-", dir=out.parent) as raw:
+        write_synthetic_raw(raw, seed=seed, samples_per_class=samples_per_class, workers=workers, progress=True)
+        source = SyntheticSource(seed=seed, samples_per_class=samples_per_class)
+        return prepare_dataset(source, Path(raw), out, workers=workers, overwrite=overwrite)

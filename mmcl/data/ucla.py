@@ -9,8 +9,10 @@ normalisation -- centring on joint index 1 of frame 0, the random view transform
 min-max scaling to [-1, 1] -- happens when the engine loads a sample, not here, so the stored
 dataset is the raw recording and the augmentation can be changed without re-preparing.
 
-Benchmark ``xview`` (CTR-GCN's protocol): views 1 and 2 train (1,020 samples on the real set),
-view 3 tests (464).
+Benchmark ``xview`` (CTR-GCN's protocol, rule in :mod:`mmcl.data.splits`): views 1 and 2 train
+(1,020 samples on the real set), view 3 tests (464). The split lists view 1, then view 2, each in
+file order; CTR-GCN's feeder hard-codes its own (shuffled) sample order, so join its score files
+by name, as ``mmcl ensemble`` does.
 """
 
 from __future__ import annotations
@@ -48,10 +50,6 @@ _NAME = re.compile(r"a(\d{2})_s(\d{2})_e(\d{2})_v(\d{2})")
 META_FIELDS: tuple[str, ...] = ("action", "subject", "environment", "view")
 NUM_JOINTS = 20
 
-# benchmark -> (train views, test views), each group in this order (file order within a group).
-VIEW_SPLITS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {"xview": ((1, 2), (3,))}
-
-
 def parse_ucla_name(name: str) -> dict[str, int]:
     """The numbered fields of an NW-UCLA sample name ``aAA_sSS_eEE_vVV`` (``.json`` allowed)."""
     stem = name[:-5] if name.endswith(".json") else name
@@ -62,20 +60,6 @@ def parse_ucla_name(name: str) -> dict[str, int]:
             "(action, subject, environment, view; e.g. a01_s01_e00_v01)"
         )
     return dict(zip(META_FIELDS, (int(g) for g in match.groups())))
-
-
-def ucla_split_names(benchmark: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(train, test) names for an NW-UCLA benchmark: grouped by view in the order of
-    :data:`VIEW_SPLITS`, the given order within a view."""
-    if benchmark not in VIEW_SPLITS:
-        raise MMCLError(f"unknown NW-UCLA benchmark {benchmark!r}; expected one of {sorted(VIEW_SPLITS)}")
-    train_views, test_views = VIEW_SPLITS[benchmark]
-    views = [parse_ucla_name(n)["view"] for n in names]
-
-    def pick(wanted: tuple[int, ...]) -> list[str]:
-        return [n for v_ in wanted for n, v in zip(names, views) if v == v_]
-
-    return pick(train_views), pick(test_views)
 
 
 @dataclass(frozen=True)
@@ -152,11 +136,10 @@ class UclaSource:
         )
 
     def splits(self, names: Sequence[str]) -> dict[str, dict[str, list[str]]]:
-        out = {}
-        for benchmark in VIEW_SPLITS:
-            train, test = ucla_split_names(benchmark, names)
-            out[benchmark] = {"train": train, "test": test}
-        return out
+        """Benchmark ``xview`` from :mod:`mmcl.data.splits` (which imports this module's name parser)."""
+        from mmcl.data.splits import all_splits
+
+        return all_splits(self.name, names)
 
 
 def _skeleton_array(file: str, skeletons: object) -> np.ndarray:

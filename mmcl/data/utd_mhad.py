@@ -59,30 +59,12 @@ _FILE = re.compile(r"(a\d+_s\d+_t\d+)(?:_skeleton)?\.mat")
 META_FIELDS: tuple[str, ...] = ("action", "subject", "trial")
 NUM_JOINTS = 20
 
-# benchmark -> (train subjects, test subjects), each group in this order (file order within a group).
-SUBJECT_SPLITS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {"xsub": ((1, 3, 5, 7), (2, 4, 6, 8))}
-
-
 def parse_utd_name(name: str) -> dict[str, int]:
     """The numbered fields of a UTD-MHAD sample name ``a{action}_s{subject}_t{trial}``."""
     match = _NAME.fullmatch(name)
     if match is None:
         raise MMCLError(f"{name!r} is not a UTD-MHAD sample name: expected a{{action}}_s{{subject}}_t{{trial}} (e.g. a1_s1_t1)")
     return dict(zip(META_FIELDS, (int(g) for g in match.groups())))
-
-
-def utd_split_names(benchmark: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(train, test) names for a UTD-MHAD benchmark: grouped by subject in the order of
-    :data:`SUBJECT_SPLITS`, the given order within a subject."""
-    if benchmark not in SUBJECT_SPLITS:
-        raise MMCLError(f"unknown UTD-MHAD benchmark {benchmark!r}; expected one of {sorted(SUBJECT_SPLITS)}")
-    train_subjects, test_subjects = SUBJECT_SPLITS[benchmark]
-    subjects = [parse_utd_name(n)["subject"] for n in names]
-
-    def pick(wanted: tuple[int, ...]) -> list[str]:
-        return [n for s_ in wanted for n, s in zip(names, subjects) if s == s_]
-
-    return pick(train_subjects), pick(test_subjects)
 
 
 @dataclass(frozen=True)
@@ -151,11 +133,10 @@ class UtdMhadSource:
         return Sample(name=name, label=fields["action"] - 1, joints=joints, colors=None, bodies=1, meta=fields)
 
     def splits(self, names: Sequence[str]) -> dict[str, dict[str, list[str]]]:
-        out = {}
-        for benchmark in SUBJECT_SPLITS:
-            train, test = utd_split_names(benchmark, names)
-            out[benchmark] = {"train": train, "test": test}
-        return out
+        """Benchmark ``xsub`` from :mod:`mmcl.data.splits` (which imports this module's name parser)."""
+        from mmcl.data.splits import all_splits
+
+        return all_splits(self.name, names)
 
 
 def _mat_files(folder: Path) -> list[Path]:
