@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,6 +401,7 @@ def prepare_synthetic(
     them with the NTU pipeline into ``out``; the raw folder is removed afterwards."""
     from mmcl.data.prepare import prepare_dataset  # the shared prepare pipeline
 
+    started = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
         raise MMCLError(f"{out} already exists; pass --overwrite to replace it")
@@ -407,4 +409,6 @@ def prepare_synthetic(
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.raw-", dir=out.parent) as raw:
         write_synthetic_raw(raw, seed=seed, samples_per_class=samples_per_class, workers=workers, progress=True)
         source = SyntheticSource(seed=seed, samples_per_class=samples_per_class)
-        return prepare_dataset(source, Path(raw), out, workers=workers, overwrite=overwrite)
+        summary = prepare_dataset(source, Path(raw), out, workers=workers, overwrite=overwrite)
+    summary.seconds = time.perf_counter() - started  # generating the files included
+    return summary

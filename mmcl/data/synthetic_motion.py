@@ -84,7 +84,7 @@ def _rot_z(a: np.ndarray) -> np.ndarray:
 
 
 def _apply(rot: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Rotate (T, 3) (or a broadcastable (3,)) vectors by (T, 3, 3) matrices."""
+    """Rotate (T, 3) vectors, or one (3,) vector, by (T, 3, 3) matrices."""
     return np.einsum("tij,tj->ti", rot, np.broadcast_to(v, (rot.shape[0], 3)))
 
 
@@ -134,7 +134,7 @@ def forward_kinematics(pose: np.ndarray, body: Body) -> np.ndarray:
         sgn = 1.0 if side == "l" else -1.0
         j[:, sh] = j[:, 20] + _apply(rt, np.array([sgn * body.shoulder, -0.03, 0.0]))
         upper, fore = _arm(pose, side)
-        upper, fore = _apply_rows(rt, upper), _apply_rows(rt, fore)
+        upper, fore = _apply(rt, upper), _apply(rt, fore)
         j[:, el] = j[:, sh] + body.upper_arm * upper
         j[:, wr] = j[:, el] + body.forearm * fore
         j[:, ha] = j[:, wr] + body.hand * fore
@@ -154,10 +154,6 @@ def forward_kinematics(pose: np.ndarray, body: Body) -> np.ndarray:
     j[:, :, 1] += pose[:, None, P["lift"]]
     j[:, :, 2] += pose[:, None, P["fwd"]]
     return j
-
-
-def _apply_rows(rot: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.einsum("tij,tj->ti", rot, v)
 
 
 # -- timing helpers -------------------------------------------------------------------------
