@@ -157,27 +157,9 @@ def read_header(path: Path, npz: Any) -> ScoreFile:
 def read_matrix(path: Path, npz: Any, num: int, out: np.ndarray | None = None) -> np.ndarray:
     """The ``scores`` array of an open score file, checked to be float [num, K], as float32.
 
-    An uncompressed float32 member (what ``save_scores`` writes) is read with one ``readinto``
-    straight into ``out`` when given (else a new array): no zip CRC pass and no extra copy,
-    which makes loading several large files fast. Other layouts go through ``np.load``.
+    What ``save_scores`` writes is read straight into ``out`` when given (see :func:`_get`).
     """
-    stored = _stored_member(path, "scores.npy")
-    if (
-        stored is not None
-        and stored.dtype == np.dtype("<f4")
-        and not stored.fortran
-        and len(stored.shape) == 2
-        and stored.shape[0] == num
-    ):
-        if out is None or out.shape != stored.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-            out = np.empty(stored.shape, dtype=np.float32)
-        with open(path, "rb") as fh:
-            fh.seek(stored.offset)
-            got = fh.readinto(memoryview(out.reshape(-1).view(np.uint8)))
-        if got != stored.nbytes:
-            raise MMCLError(f"{path}: 'scores' is truncated ({got} of {stored.nbytes} bytes)")
-        return out
-    scores = _get(path, npz, "scores")
+    scores = _get(path, npz, "scores", out)
     if scores.ndim != 2 or scores.shape[0] != num:
         raise MMCLError(f"{path}: 'scores' must be [N = {num}, K], got shape {scores.shape}")
     if not np.issubdtype(scores.dtype, np.floating):
@@ -243,7 +225,23 @@ def check_labels(path: Path, names: np.ndarray, labels: np.ndarray, num_classes:
         )
 
 
-def _get(path: Path, npz: Any, key: str) -> np.ndarray:
+def _get(path: Path, npz: Any, key: str, out: np.ndarray | None = None) -> np.ndarray:
+    """One array of a score file.
+
+    An uncompressed member in native byte order (what ``save_scores`` writes) is read with a
+    single ``readinto`` (into ``out`` when it fits): no zip CRC pass and no extra copy, which
+    makes loading several large files fast. Anything else goes through ``np.load``.
+    """
+    stored = _stored_member(path, f"{key}.npy")
+    if stored is not None and not stored.fortran and stored.dtype.isnative:
+        if out is None or out.shape != stored.shape or out.dtype != stored.dtype or not out.flags.c_contiguous:
+            out = np.empty(stored.shape, dtype=stored.dtype)
+        with open(path, "rb") as fh:
+            fh.seek(stored.offset)
+            got = fh.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+        if got != stored.nbytes:
+            raise MMCLError(f"{path}: {key!r} is truncated ({got} of {stored.nbytes} bytes)")
+        return out
     try:
         return npz[key]
     except ValueError as exc:  # object arrays need pickle, which we never allow
