@@ -41,7 +41,7 @@ def render_report(results: dict[str, Any], per_class: bool = True) -> str:
                  for r in search["fold_results"]]
         lines += ["", f"Cross-fitting ({search['folds']} folds, seed {search['seed']}): "
                   "weights searched on the other folds, top-1 on the fold itself",
-                  tabulate(frows, headers=["fold", "samples", "top-1 % (searched on)", "top-1 % (held out)", "weights"],
+                  tabulate(frows, headers=["fold", "samples", "top-1 % (search folds, in-sample)", "top-1 % (held-out fold)", "weights"],
                            disable_numparse=True, colalign=("right", "right", "right", "right", "left"))]
     elif search:
         lines += ["", f"Weights searched on the validation files {', '.join(search['validation_files'])}: "
