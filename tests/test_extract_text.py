@@ -25,7 +25,7 @@ from mmcl.llm import backends
 from mmcl.llm.extract import TextOptions, extract_image_features, extract_text, pad_tokens
 from mmcl.llm.prompts import PROMPT_SETS, is_yes_no, resolve_prompts
 from mmcl.llm.runner import partial_dir
-from mmcl.llm.tiny import build_tiny_blip, build_tiny_llava, build_tiny_text_encoder, build_tiny_vit
+from mmcl.llm.tiny import build_tiny_blip, build_tiny_blip2, build_tiny_llava, build_tiny_text_encoder, build_tiny_vit
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = {"S001C001P001R001A001": "NTU60", "S001C001P001R001A002": "NTU60",
@@ -170,6 +170,21 @@ def test_llava_embedding_features_own_embeddings_and_text_encoder(dataset, model
     with torch.no_grad():
         expected = enc(**batch).last_hidden_state.mean(1)[0].numpy()
     np.testing.assert_allclose(f.features[1, 24:], expected, atol=1e-5)
+
+
+def test_blip2_backend_batches_like_single_images(dataset, tmp_path):
+    from PIL import Image
+
+    model = backends.load_backend("blip2", str(build_tiny_blip2(tmp_path / "blip2")), device="cpu",
+                                  dtype=torch.float32)
+    images = [Image.open(dataset / "rgb" / f"{n}.jpg").convert("RGB") for n in _strip_names()[:4]]
+    batch = model.generate(images, YESNO[0], max_new_tokens=3)
+    assert all(len(ids) <= 3 for ids in batch.token_ids)  # the prompt is not part of the answer
+    for i in (0, 3):
+        one = model.generate(images[i:i + 1], YESNO[0], max_new_tokens=3)
+        np.testing.assert_allclose(batch.yes_no[i], one.yes_no[0], atol=1e-5)
+        assert batch.answers[i] == one.answers[0]
+    assert np.ptp(batch.yes_no[:, 0]) > 1e-4
 
 
 def test_interrupted_run_resumes_without_redoing_samples(dataset, models, blip_yesno, monkeypatch):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mmcl.errors import MMCLError
-from mmcl.llm.loading import check_remote_code, load_or_explain, resolve_model
+from mmcl.llm.loading import check_remote_code, dtype_kwargs, load_or_explain, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class VisionLanguageModel:
         load_kw = dict(kwargs, trust_remote_code=trust_remote_code)
         self.processor = load_or_explain("processor", source, kwargs,
                                          lambda: AutoProcessor.from_pretrained(source, **load_kw))
-        model_kw = dict(load_kw, dtype=dtype)
+        model_kw = dict(load_kw, **dtype_kwargs(dtype))
         if device_map:
             model_kw["device_map"] = device_map
         self.model = load_or_explain("model", source, kwargs, lambda: self._load_model(source, model_kw))
@@ -233,10 +233,8 @@ def load_backend(llm: str, model: str | None, **kwargs: Any) -> VisionLanguageMo
 
 
 def _strip_padding(ids: list[int], pad_id: int | None) -> list[int]:
-    """Drop left and right padding (BLIP's pad id 0 never starts a generation)."""
-    if pad_id is None:
-        return ids
-    start, end = 0, len(ids)
-    while end > start and ids[end - 1] == pad_id:
+    """Drop the right padding that batched generation adds after a finished answer."""
+    end = len(ids)
+    while pad_id is not None and end > 0 and ids[end - 1] == pad_id:
         end -= 1
-    return ids[start:end]
+    return ids[:end]

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mmcl.llm.loading import check_remote_code, load_or_explain, resolve_model
+from mmcl.llm.loading import check_remote_code, dtype_kwargs, load_or_explain, resolve_model
 
 
 def _load(model: str, auto_cls: str, *, device: Any, dtype: Any, trust_remote_code: bool,
@@ -21,7 +21,7 @@ def _load(model: str, auto_cls: str, *, device: Any, dtype: Any, trust_remote_co
     pre = load_or_explain(f"{what} preprocessor", source, kwargs,
                           lambda: getattr(transformers, auto_cls).from_pretrained(source, **kw))
     net = load_or_explain(what, source, kwargs,
-                          lambda: transformers.AutoModel.from_pretrained(source, dtype=dtype, **kw))
+                          lambda: transformers.AutoModel.from_pretrained(source, **dtype_kwargs(dtype), **kw))
     return pre, net.to(device).eval()
 
 

@@ -107,6 +107,14 @@ def pick_dtype(name: str, device: Any) -> Any:
     return torch.float32
 
 
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s dtype argument: ``dtype`` since Transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}
+
+
 def slug(model: str) -> str:
     """A short file-name-safe name for a model id or folder (``Salesforce/blip-vqa-base`` ->
     ``blip-vqa-base``)."""

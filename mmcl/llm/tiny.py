@@ -99,6 +99,34 @@ def build_tiny_llava(out: Path, *, image_size: int = 32, seed: int = 0) -> Path:
     return out
 
 
+def build_tiny_blip2(out: Path, *, image_size: int = 32, seed: int = 0) -> Path:
+    """A BLIP-2 model (ViT, 4-query Q-Former, OPT language model, width 32) with its processor."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer, vocab = _word_tokenizer(["<image>"])
+    processor = Blip2Processor(BlipImageProcessor(size={"height": image_size, "width": image_size}), tokenizer,
+                               num_query_tokens=4)
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8, initializer_range=0.5),
+        qformer_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64),
+        text_config=dict(model_type="opt", vocab_size=len(vocab), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=256, word_embed_proj_dim=32,
+                         bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"],
+                         init_std=0.5),
+        num_query_tokens=4, image_token_index=vocab["<image>"], initializer_range=0.5,
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def build_tiny_text_encoder(out: Path, *, seed: int = 0) -> Path:
     """A 2-layer BERT sentence encoder (width 24) with its tokenizer."""
     import torch
@@ -132,8 +160,8 @@ def build_tiny_vit(out: Path, *, image_size: int = 32, seed: int = 0) -> Path:
     return out
 
 
-if __name__ == "__main__":  # python -m mmcl.llm.tiny DIR: write all four into DIR
+if __name__ == "__main__":  # python -m mmcl.llm.tiny DIR: write them all into DIR
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-models")
-    for name, build in (("blip", build_tiny_blip), ("llava", build_tiny_llava),
+    for name, build in (("blip", build_tiny_blip), ("blip2", build_tiny_blip2), ("llava", build_tiny_llava),
                         ("text-encoder", build_tiny_text_encoder), ("vit", build_tiny_vit)):
         print(build(root / name))
