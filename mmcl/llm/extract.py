@@ -139,6 +139,10 @@ def extract_text(opts: TextOptions) -> ExtractResult:
     if not opts.prompts:
         raise MMCLError("no prompts given")
     feature = choose_feature(opts.feature, opts.prompts)
+    if feature == "yesno" and not all(is_yes_no(p) for p in opts.prompts):
+        log.warning("--feature yesno with prompts that are not yes/no questions (%s): their P(yes)/P(no) "
+                    "mean little; consider --feature embedding",
+                    "; ".join(p for p in opts.prompts if not is_yes_no(p)))
     if opts.text_encoder and feature != "embedding":
         raise MMCLError(f"--text-encoder only applies to --feature embedding (this run extracts {feature})")
     if opts.token_length < 1 or opts.batch_size < 1 or opts.flush_every < 1:
