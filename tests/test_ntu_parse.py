@@ -118,8 +118,8 @@ def test_vectorised_numbers_match_python_float():
         if good:
             accepted += 1
             assert value == expected and np.signbit(value) == np.signbit(expected), token
-    plain = [t for t in tokens if re.fullmatch(r"-?(\d+\.?\d*|\.\d+)", t) and len(t) < 16]
-    assert accepted == len(plain) > 3000  # all but exponents, + signs, 16+ characters: fast path
+    plain = [t for t in tokens if re.fullmatch(r"-?(\d+\.?\d*|\.\d+)", t) and len(t) <= 14]
+    assert accepted == len(plain) > 3000  # all but exponents, + signs, 15+ characters: fast path
     assert not ok[tokens.index("1e5")] and not ok[tokens.index("+1")]
 
 

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from mmcl.data.naming import parse_ntu_name
 from mmcl.data.sources import SampleError
@@ -84,20 +83,39 @@ class RawSkeleton:
 
 # The vectorised number parser reads each token right-aligned in the 16 bytes that end where it
 # ends, as two little-endian uint64 words, and turns digits into an integer with SWAR
-# arithmetic (eight digits per multiply-shift). Exponents, tokens of 16+ characters and anything
+# arithmetic (eight digits per multiply-shift). Exponents, tokens of 15+ characters and anything
 # unusual take the exact per-line path instead.
 _W = 16
+_MAX_TOKEN = 14  # so that 10 * mantissa < 10**15 < 2**53 stays exact in float64
 _PAD = b"\0" * _W  # so that every token has 16 bytes before its end
 _U64 = np.uint64
-_BYTE_MASKS = np.array(  # _BYTE_MASKS[k]: the top k bytes of a word
-    [0] + [(1 << 64) - (1 << (8 * (8 - k))) for k in range(1, 9)], dtype=_U64
-)
-_POW10_INT = np.array([10**k for k in range(_W + 1)], dtype=_U64)
-_POW10 = 10.0 ** np.arange(_W + 1)
 _ONES = _U64(0x0101010101010101)
+_POSITIONS = _U64(0x0807060504030201)  # (1 << 8*b) * this >> 56 == 8 - b
 _LOW_BYTES = _U64(0x000000FF000000FF)
 _K1 = _U64(100 + (1000000 << 32))
 _K2 = _U64(1 + (10000 << 32))
+_POW10_INT = np.array([10**k for k in range(_W + 1)], dtype=_U64)
+_POW10 = 10.0 ** np.arange(_W + 1)
+
+
+def _token_masks() -> np.ndarray:
+    """Per token length L: (inside word 0, inside word 1, not-first word 0, not-first word 1):
+    the bytes of the last L of 16 columns, and those bytes except the first (for the minus)."""
+    table = np.zeros((_W + 1, 4), _U64)
+    for length in range(_W + 1):
+        inside = np.zeros(_W, np.uint8)
+        inside[_W - length :] = 0xFF
+        later = inside.copy()
+        if length:
+            later[_W - length] = 0
+        table[length, :2] = inside.view(_U64)
+        table[length, 2:] = (later & 1).view(_U64)
+    return table
+
+
+_TOKEN_MASKS = _token_masks()
+_INSIDE = np.ascontiguousarray(_TOKEN_MASKS[:, :2]).view(f"V{_W}").ravel()  # 16-byte rows: one
+_LATER = np.ascontiguousarray(_TOKEN_MASKS[:, 2:]).view(f"V{_W}").ravel()  # gather per token
 _NEEDED = (0, 1, 2, 5, 6)  # x y z colorX colorY
 
 
@@ -115,7 +133,8 @@ def parse_skeleton(data: bytes, source: str = "<bytes>") -> RawSkeleton:
     ends = np.empty_like(starts)
     ends[:-1] = newlines
     ends[-1] = len(buf)
-    walk = _walk(data, (starts - _W).tolist(), (ends - _W).tolist(), source)
+    sl, el = (starts - _W).tolist(), (ends - _W).tolist()
+    walk = _walk_fast(data, sl, el) or _walk(data, sl, el, source)
     joint_first, ids, frames, dropped, declared = walk
 
     body_index: dict[bytes, int] = {}
@@ -133,6 +152,41 @@ def parse_skeleton(data: bytes, source: str = "<bytes>") -> RawSkeleton:
         joints=np.ascontiguousarray(values[:, :, :3]),
         colors=np.ascontiguousarray(values[:, :, 3:]),
     )
+
+
+def _walk_fast(data: bytes, sl: list[int], el: list[int]):
+    """:func:`_walk` for well-formed files, without its bookkeeping; None for anything else
+    (then :func:`_walk` runs and says what is wrong)."""
+    nlines = len(sl)
+    joint_first: list[int] = []
+    ids: list[bytes] = []
+    frames: list[int] = []
+    dropped: list[int] = []
+    try:
+        declared = int(data[sl[0] : el[0]])
+        li, valid = 1, 0
+        for f in range(declared):
+            nbodies = int(data[sl[li] : el[li]])
+            li += 1
+            if nbodies <= 0:
+                if nbodies < 0:
+                    return None
+                dropped.append(f)
+                continue
+            for _ in range(nbodies):
+                fields = data[sl[li] : el[li]].split()
+                if len(fields) != BODY_FIELDS or int(data[sl[li + 1] : el[li + 1]]) != NUM_JOINTS:
+                    return None
+                ids.append(fields[0])
+                joint_first.append(li + 2)
+                frames.append(valid)
+                li += 2 + NUM_JOINTS
+            valid += 1
+    except (ValueError, IndexError):
+        return None
+    if li > nlines or not joint_first or any(data[sl[i] : el[i]].strip() for i in range(li, nlines)):
+        return None
+    return joint_first, ids, frames, dropped, declared
 
 
 def _walk(data: bytes, sl: list[int], el: list[int], source: str):
@@ -273,37 +327,38 @@ def _parse_line_block(buf: np.ndarray, ls: np.ndarray, le: np.ndarray) -> tuple[
 def _parse_numbers(buf: np.ndarray, end: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Parse the tokens ``[-]digits[.digits]`` that end at ``end`` (exclusive) in ``buf``.
 
-    Returns float64 values and an ``ok`` mask (values where it is False are meaningless). The
-    digits, with the dot read as a 0 digit, form an integer below 10**15, exact in uint64 and
-    float64; one division by an exact power of ten then gives the correctly rounded double that
-    ``float(token)`` gives. It is cast to float32 later, as CTR-GCN's ``np.array(..., float32)``.
+    Returns float64 values and an ``ok`` mask (values where it is False are meaningless). With
+    the dot read as a 0 digit, the digits form an integer C = L * 10**(f+1) + R (f digits R after
+    the dot), so C + 9 R = 10 * mantissa, exact in uint64 and float64; one division by an exact
+    power of ten then gives the correctly rounded double that ``float(token)`` gives. It is cast
+    to float32 later, as CTR-GCN's ``np.array(fields, dtype=np.float32)`` does.
     """
     n = len(end)
-    chars = sliding_window_view(buf, _W)[end - _W]  # (n, 16): the token at the right
+    windows = np.ndarray((len(buf) - _W + 1,), dtype=f"V{_W}", buffer=buf, strides=(1,))
+    chars = windows[end - _W].view(np.uint8).reshape(n, _W)  # the token at the right
     digit = chars - np.uint8(48)
     isdigit = digit < 10
     digit *= isdigit
-    code = isdigit.view(np.uint8) | ((chars == 46).view(np.uint8) << 4)  # digit 1, dot 16
-    inside = _BYTE_MASKS[np.stack([np.clip(length - 8, 0, 8), np.clip(length, 0, 8)], axis=1)]
+    # per byte: 1 for a digit, 16 for a dot, 64 for a minus
+    code = isdigit.view(np.uint8) | ((chars == 46).view(np.uint8) << 4) | ((chars == 45).view(np.uint8) << 6)
+    index = np.clip(length, 0, _W)
+    inside = _INSIDE[index].view(_U64).reshape(n, 2)
     digits = digit.view(_U64) & inside  # (n, 2) words
     codes = code.view(_U64) & inside
-    counts = ((codes[:, 0] * _ONES) >> _U64(56)) + ((codes[:, 1] * _ONES) >> _U64(56))
-    ndigits = (counts & _U64(15)).astype(np.int64)
-    ndots = (counts >> _U64(4)).astype(np.int64)
-    first = np.clip(_W - length, 0, _W - 1)
-    negative = chars.reshape(-1)[np.arange(n) * _W + first] == 45
-    ok = (length >= 1) & (length < _W) & (ndots <= 1) & (ndigits >= 1)
-    ok &= ndigits + ndots + negative == length  # nothing but digits, one dot, a leading minus
-    combined = _parse8(digits[:, 0]) * _U64(10**8) + _parse8(digits[:, 1])
-    hasdot = ndots == 1
-    dots = (codes >> _U64(4)) & _ONES  # the dot's byte is 1: the word is 2 ** (8 * column)
-    inlow = dots[:, 1] != 0
-    _, exponent = np.frexp(np.where(inlow, dots[:, 1], dots[:, 0]).astype(np.float64))
-    frac = np.where(hasdot, _W - 1 - ((exponent - 1) >> 3) - 8 * inlow, 0)
-    scale = _POW10_INT[frac]
-    mantissa = np.where(hasdot, combined // (scale * _U64(10)) * scale + combined % scale, combined)
-    values = mantissa.astype(np.float64) / _POW10[frac]
-    np.negative(values, out=values, where=negative)
+    sums = (codes * _ONES) >> _U64(56)
+    counts = sums[:, 0] + sums[:, 1]
+    ndigits, ndots, nminus = counts & _U64(15), (counts >> _U64(4)) & _U64(3), counts >> _U64(6)
+    stray = ((codes >> _U64(6)) & _ONES) & _LATER[index].view(_U64).reshape(n, 2)  # a minus after the start
+    ok = (length >= 1) & (length <= _MAX_TOKEN) & (ndots <= 1) & (ndigits >= 1)
+    ok &= (ndigits + ndots + nminus == length) & ((stray[:, 0] | stray[:, 1]) == 0)
+    parsed = _parse8(digits)
+    combined = parsed[:, 0] * _U64(10**8) + parsed[:, 1]
+    top = (((codes >> _U64(4)) & _ONES) * _POSITIONS) >> _U64(56)  # the dot: 8 - its byte
+    exponent = (top[:, 1] + top[:, 0] + _U64(8) * (top[:, 0] > 0)).astype(np.intp)  # f + 1, or 0
+    np.minimum(exponent, _W, out=exponent)  # (only wrong tokens, which are not ok, exceed it)
+    fraction = combined % _POW10_INT[np.maximum(exponent - (ndots == 1), 0)]
+    values = (combined + _U64(9) * fraction).astype(np.float64) / _POW10[exponent]
+    np.negative(values, out=values, where=nminus == 1)
     return values, ok
 
 

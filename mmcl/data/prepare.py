@@ -129,10 +129,10 @@ def prepare_dataset(
         overwrite=overwrite,
         frame_index=getattr(source, "has_frame_index", False),
     )
+    results = _read_all(source, tasks, workers)
     try:
         names: list[str] = []
         actors: Counter[int] = Counter()
-        results = _read_all(source, tasks, workers)
         bar = _progress(len(tasks), f"prepare {source.name}", progress)
         for path, sample, reason in results:
             bar.update()
@@ -161,6 +161,7 @@ def prepare_dataset(
             _append_rejected(writer.tmp_dir / "rejected.csv", reported)
         writer.commit()
     except BaseException:
+        results.close()  # stops the worker pool now, not when the traceback is dropped
         writer.abort()
         _remove_empty(created)
         raise
