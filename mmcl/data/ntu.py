@@ -87,7 +87,6 @@ class RawSkeleton:
 # unusual take the exact per-line path instead.
 _W = 16
 _MAX_TOKEN = 14  # so that 10 * mantissa < 10**15 < 2**53 stays exact in float64
-_PAD = b"\0" * _W  # so that every token has 16 bytes before its end
 _U64 = np.uint64
 _ONES = _U64(0x0101010101010101)
 _POSITIONS = _U64(0x0807060504030201)  # (1 << 8*b) * this >> 56 == 8 - b
@@ -125,15 +124,15 @@ def parse_skeleton(data: bytes, source: str = "<bytes>") -> RawSkeleton:
     Raises :class:`SampleError` naming ``source``, the 1-based line number and the reason for a
     truncated or malformed file, or for counts that do not match the lines that follow.
     """
-    buf = np.frombuffer(_PAD + data, np.uint8)
+    buf = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(buf == 10)
     starts = np.empty(len(newlines) + 1, np.int64)
-    starts[0] = _W
+    starts[0] = 0
     starts[1:] = newlines + 1
     ends = np.empty_like(starts)
     ends[:-1] = newlines
     ends[-1] = len(buf)
-    sl, el = (starts - _W).tolist(), (ends - _W).tolist()
+    sl, el = starts.tolist(), ends.tolist()
     walk = _walk_fast(data, sl, el) or _walk(data, sl, el, source)
     joint_first, ids, frames, dropped, declared = walk
 
@@ -279,14 +278,14 @@ def _parse_joint_lines(
         hi = min(lo + _LINES_PER_BLOCK, n)
         values[lo:hi], good[lo:hi] = _parse_line_block(buf, ls[lo:hi], le[lo:hi])
     for i in np.flatnonzero(~good).tolist():
-        values[i] = _parse_joint_line(data[ls[i] - _W : le[i] - _W], int(lines[i]), source)
+        values[i] = _parse_joint_line(data[ls[i] : le[i]], int(lines[i]), source)
     values = values.astype(np.float32)
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         raise SampleError(
             f"{source}: line {int(lines[i]) + 1}: a coordinate is not a finite float32 number: "
-            f"{_show(data[ls[i] - _W : le[i] - _W])}"
+            f"{_show(data[ls[i] : le[i]])}"
         )
     return values
 
@@ -334,8 +333,8 @@ def _parse_numbers(buf: np.ndarray, end: np.ndarray, length: np.ndarray) -> tupl
     to float32 later, as CTR-GCN's ``np.array(fields, dtype=np.float32)`` does.
     """
     n = len(end)
-    windows = np.ndarray((len(buf) - _W + 1,), dtype=f"V{_W}", buffer=buf, strides=(1,))
-    chars = windows[end - _W].view(np.uint8).reshape(n, _W)  # the token at the right
+    windows = np.ndarray((max(len(buf) - _W + 1, 1),), dtype=f"V{_W}", buffer=buf, strides=(1,))
+    chars = windows[np.maximum(end - _W, 0)].view(np.uint8).reshape(n, _W)  # the token at the right
     digit = chars - np.uint8(48)
     isdigit = digit < 10
     digit *= isdigit
@@ -349,7 +348,7 @@ def _parse_numbers(buf: np.ndarray, end: np.ndarray, length: np.ndarray) -> tupl
     counts = sums[:, 0] + sums[:, 1]
     ndigits, ndots, nminus = counts & _U64(15), (counts >> _U64(4)) & _U64(3), counts >> _U64(6)
     stray = ((codes >> _U64(6)) & _ONES) & _LATER[index].view(_U64).reshape(n, 2)  # a minus after the start
-    ok = (length >= 1) & (length <= _MAX_TOKEN) & (ndots <= 1) & (ndigits >= 1)
+    ok = (length >= 1) & (length <= _MAX_TOKEN) & (end >= _W) & (ndots <= 1) & (ndigits >= 1)
     ok &= (ndigits + ndots + nminus == length) & ((stray[:, 0] | stray[:, 1]) == 0)
     parsed = _parse8(digits)
     combined = parsed[:, 0] * _U64(10**8) + parsed[:, 1]

@@ -14,6 +14,7 @@ folder behind.
 from __future__ import annotations
 
 import csv
+import ctypes
 import functools
 import multiprocessing as mp
 import os
@@ -186,13 +187,22 @@ def _read_all(source: DatasetSource, tasks: list[Path], workers: int) -> Iterato
         yield from map(read, tasks)
         return
     chunk = max(1, min(32, len(tasks) // (workers * 16)))
-    with mp.get_context().Pool(min(workers, len(tasks)), initializer=_ignore_sigint) as pool:
+    with mp.get_context().Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
         yield from pool.imap(read, tasks, chunksize=chunk)
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool and cleans up."""
+def _init_worker() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and cleans up. They also keep
+    freed memory for reuse: by default glibc maps every array over 128 KiB afresh and unmaps it
+    when freed, so each sample paid page faults for its temporaries again (about 1.5x slower).
+    Only these short-lived worker processes are tuned; elsewhere this is a no-op."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: arrays below 64 MiB come from the heap
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of freed heap
+    except (OSError, AttributeError):
+        pass
 
 
 def _progress(total: int, desc: str, enabled: bool):
