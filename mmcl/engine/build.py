@@ -137,7 +137,7 @@ def build_skeleton_model(spec: dict[str, Any], dropout: float = 0.0) -> torch.nn
 
 def build_model(cfg: Config, spec: dict[str, Any], feature_dims: dict[str, int]) -> torch.nn.Module:
     """CTR-GCN wrapped with the co-learning heads the config switches on."""
-    from mmcl.models.mmcl import MMCLModel
+    from mmcl.models.mmcl_model import MMCLModel
 
     backbone = build_skeleton_model(spec, cfg.model.dropout)
     rgb_encoder = None
@@ -155,7 +155,7 @@ def build_model(cfg: Config, spec: dict[str, Any], feature_dims: dict[str, int])
 
 
 def loss_weights(cfg: Config) -> Any:
-    from mmcl.models.mmcl import LossWeights
+    from mmcl.models.mmcl_model import LossWeights
 
     return LossWeights(ce=cfg.loss.ce, refine=cfg.loss.refine, contrast=cfg.loss.contrast)
 

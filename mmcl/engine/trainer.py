@@ -202,7 +202,7 @@ class Trainer:
             info["spec"] = self.spec
             info["train_samples"], info["test_samples"] = len(self.data.train.names), len(self.data.test.names)
             write_json(info_path, info)
-        if self.acc.trackers:
+        if self.acc.log_with:  # TensorBoard, when it is installed
             self.acc.init_trackers("tensorboard", config=_flat_hparams(self.cfg.to_dict()))
         self.acc.wait_for_everyone()
 
@@ -280,8 +280,9 @@ class Trainer:
                 if self.global_step % cfg.train.log_every == 0:
                     rate = since * acc.num_processes / max(time.time() - tic, 1e-9)
                     lr = self.optimizer.param_groups[0]["lr"]
+                    parts = {k: acc.reduce(v.detach().float(), "mean").item() for k, v in losses.items() if k != "total"}
                     self._log({"kind": "step", "epoch": epoch + 1, "epoch_float": epoch + (i + 1) / total,
-                               "step": self.global_step, "loss": mean_loss, "lr": lr,
+                               "step": self.global_step, "loss": mean_loss, **parts, "lr": lr,
                                "samples_per_s": round(rate, 2)})
                     bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", sps=f"{rate:.0f}")
                     tic, since = time.time(), 0
