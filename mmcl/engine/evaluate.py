@@ -43,7 +43,7 @@ def logits_of(output: Any) -> torch.Tensor:
 
 @torch.no_grad()  # not inference_mode: DDP may sync buffers in eval forward
 def predict(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], Any],
     loader: DataLoader,
     augment: Callable[[torch.Tensor, bool], torch.Tensor],
     names: Sequence[str],
@@ -53,14 +53,17 @@ def predict(
     progress: bool = True,
     desc: str = "test",
 ) -> Predictions:
-    """Run ``model`` over ``loader`` (items with ``x``, ``label``, ``index``).
+    """Run ``model`` (a module, or any callable such as ``optimize_for_inference``'s) over
+    ``loader`` (items with ``x``, ``label``, ``index``).
 
     With an ``accelerator`` the loader is a prepared (sharded) one and the results of all
     processes are gathered, dropping the padding Accelerate adds to even out the last batch,
     so every sample is counted exactly once. ``names[index]`` names each row.
     """
-    was_training = model.training
-    model.eval()
+    is_module = isinstance(model, torch.nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
     scores, labels, index = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         x, y, i = batch["x"], batch["label"], batch["index"]
@@ -72,7 +75,8 @@ def predict(
         scores.append(logits.cpu())
         labels.append(y.cpu())
         index.append(i.cpu())
-    model.train(was_training)
+    if is_module:
+        model.train(was_training)
     idx = torch.cat(index).numpy()
     return Predictions(
         names=[names[j] for j in idx],
@@ -178,14 +182,24 @@ def evaluate_weights(
     model = build_skeleton_model(spec)
     load_weights(model, tensors, where=str(weights))
     model.to(dev).eval()
+    forward = _fast(model)
     clips = eval_clips(ds, names, spec)
     augment = BatchAugment(spec["recipe"], spec["stream"], ds.layout)
     loader = DataLoader(clips, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
-    preds = predict(model, loader, augment, names, device=dev, progress=progress)
+    preds = predict(forward, loader, augment, names, device=dev, progress=progress)
     spec_here = {**spec, "dataset": ds.name, "class_names": ds.class_names}
     out_meta = score_meta(spec_here, benchmark=benchmark, checkpoint=str(weights),
                           extra={"split": split, "data": str(data), "trained_epoch": meta.get("epoch")})
     title = f"{ds.name} {benchmark} {split}, {spec.get('stream')} stream, {weights}"
     metrics, report = write_results(preds, out, ds.class_names, out_meta, title=title)
     return EvalResult(metrics, report, result_paths(out), spec)
+
+
+def _fast(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The models package's inference-optimised forward (BatchNorm folded), when it has one."""
+    try:
+        from mmcl.models.inference import optimize_for_inference
+    except ImportError:
+        return model
+    return optimize_for_inference(model)
