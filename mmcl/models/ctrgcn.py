@@ -1,0 +1,420 @@
+"""CTR-GCN (Chen et al., ICCV 2021), the same model as the original, computed faster on CPU.
+
+Architecture (unchanged): a data BatchNorm over persons x joints x channels; ten TCN-GCN units
+with 64 x4, 128 (stride 2) x3, 256 (stride 2) x3 channels; each spatial unit sums three CTRGC
+subsets (one per adjacency partition) with ``alpha * relation + A`` (A a learnable copy of the
+partition, alpha initialised to 0), then a BatchNorm whose weight starts at 1e-6, a residual and a
+ReLU; a multi-scale temporal unit (kernel 5, dilations 1 and 2, a max-pool branch and a 1x1
+branch); global average pooling over time, joints and persons; dropout; a linear classifier.
+With 120 classes, 3 channels, 2 persons and 25 joints it has 1,462,092 parameters, as upstream.
+
+What is computed differently (same function, same parameter count; ``tests/test_models.py``
+checks the outputs against a straightforward implementation with the same weights):
+
+* The three CTRGC subsets share one value convolution (``3*C`` output channels at once) and one
+  relation convolution (``conv1``/``conv2`` of all subsets together).
+* ``conv1``/``conv2`` are applied to the time-averaged input: they are affine, so
+  ``mean_t(conv(x)) == conv(mean_t(x))``, which saves a pass over all frames.
+* ``alpha`` is folded into the small ``conv4`` weight and bias, and ``A`` is added in the same
+  step, so the per-channel relation matrices are written once.
+* All three subsets are aggregated in a single batched matrix product over ``3*V`` joints.
+* The multi-scale temporal unit's three 1x1 entry convolutions (two dilated branches and the
+  max-pool branch) are one convolution with one BatchNorm.
+* Activations are kept channels-last (``N, T, V, C`` in memory), where oneDNN's convolutions
+  are several times faster on CPU than with the default layout.
+
+``load_upstream_state_dict`` maps a checkpoint of the original code (``l1.gcn1.convs.0.conv1``
+...) onto this model, so published CTR-GCN weights can be used as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmcl.errors import MMCLError
+
+# (in_channels, out_channels, stride, residual) of the ten units, for base width 64.
+_UNITS = (
+    (None, 64, 1, False),
+    (64, 64, 1, True),
+    (64, 64, 1, True),
+    (64, 64, 1, True),
+    (64, 128, 2, True),
+    (128, 128, 1, True),
+    (128, 128, 1, True),
+    (128, 256, 2, True),
+    (256, 256, 1, True),
+    (256, 256, 1, True),
+)
+TEMPORAL_KERNEL = 5
+DILATIONS = (1, 2)
+
+
+def _kaiming_fan_out_(weight: Tensor, fan_out: int) -> None:
+    """``kaiming_normal_(mode='fan_out')`` as for one unfused conv with ``fan_out`` outputs."""
+    with torch.no_grad():
+        weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+
+
+def _bn_init(bn: nn.modules.batchnorm._BatchNorm, weight: float | None) -> None:
+    """BN weight = ``weight`` (or ~N(1, 0.02) when None, the temporal unit's init), bias 0."""
+    with torch.no_grad():
+        if weight is None:
+            bn.weight.normal_(1.0, 0.02)
+        else:
+            bn.weight.fill_(weight)
+        bn.bias.zero_()
+
+
+def _pointwise_layer(cin: int, cout: int, fan_out: int | None = None) -> nn.Linear:
+    """A 1x1 convolution's weights, initialised as upstream's (Kaiming fan-out, bias 0)."""
+    lin = nn.Linear(cin, cout)
+    _kaiming_fan_out_(lin.weight, fan_out or cout)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+def _pointwise(lin: nn.Linear, x: Tensor) -> Tensor:
+    """1x1 convolution in the channel-first layout: one GEMM ``W @ x`` over all positions."""
+    out = torch.addmm(lin.bias.unsqueeze(1), lin.weight, x.reshape(x.shape[0], -1))
+    return out.view(lin.out_features, *x.shape[1:])
+
+
+def _bn(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """BatchNorm2d on a channel-first tensor ``(C, B, T, V)``: the same per-channel statistics."""
+    c, b, t, v = x.shape
+    return bn(x.view(1, c, b * t, v)).view(c, b, t, v)
+
+
+def _max_pool_time(x: Tensor, stride: int) -> Tensor:
+    """Max-pool over time (window 3, padding 1) of a channel-first ``(C, B, T, V)`` tensor.
+
+    Pooling mixes neither channels nor joints, so ``(C*B, T, V)`` is read as a channels-last
+    image with the joints as channels: PyTorch's vectorised channels-last kernel, several times
+    faster than the default one for a (3, 1) window. Same values and same gradient routing.
+    """
+    c, b, t, v = x.shape
+    image = x.reshape(c * b, t, 1, v).permute(0, 3, 1, 2)
+    pooled = F.max_pool2d(image, (3, 1), stride=(stride, 1), padding=(1, 0))
+    return pooled.permute(0, 2, 3, 1).reshape(c, b, -1, v)
+
+
+class _GraphProduct(torch.autograd.Function):
+    """``y[cb] = sum_s value[s, cb] @ rel_t[s, cb]``: the subsets' graph products, summed.
+
+    Written out so the backward fills each subset's gradient in place, without the zero-filled
+    full-size buffers that indexing or ``sum`` would cost in autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, rel_t: Tensor) -> Tensor:  # (S, CB, T, V), (S, CB, V, U)
+        rel_t = rel_t.to(value.dtype)
+        ctx.save_for_backward(value, rel_t)
+        y = torch.bmm(value[0], rel_t[0])
+        for i in range(1, value.shape[0]):
+            y.baddbmm_(value[i], rel_t[i])
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        value, rel_t = ctx.saved_tensors
+        grad = grad.to(value.dtype)
+        grad_value = grad_rel = None
+        if ctx.needs_input_grad[0]:
+            grad_value = torch.empty_like(value)
+            for i in range(value.shape[0]):
+                torch.bmm(grad, rel_t[i].transpose(1, 2), out=grad_value[i])
+        if ctx.needs_input_grad[1]:
+            grad_rel = torch.empty_like(rel_t)
+            for i in range(value.shape[0]):
+                torch.bmm(value[i].transpose(1, 2), grad, out=grad_rel[i])
+        return grad_value, grad_rel
+
+
+class SpatialUnit(nn.Module):
+    """CTR-GCN's ``unit_gcn``: three CTRGC subsets summed, BN (weight 1e-6), residual, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, adjacency: np.ndarray):
+        super().__init__()
+        subsets = adjacency.shape[0]
+        rel = 8 if in_channels in (3, 9) else in_channels // 8
+        self.subsets, self.rel_channels, self.out_channels = subsets, rel, out_channels
+        # conv1 and conv2 of every subset, rows ordered [conv1|conv2, subset, rel].
+        self.rel_weight = nn.Parameter(torch.empty(2 * subsets * rel, in_channels))
+        self.rel_bias = nn.Parameter(torch.zeros(2 * subsets * rel))
+        # conv3 of every subset, rows ordered [subset, out].
+        self.value_weight = nn.Parameter(torch.empty(subsets * out_channels, in_channels))
+        self.value_bias = nn.Parameter(torch.zeros(subsets * out_channels))
+        # conv4 of every subset.
+        self.expand_weight = nn.Parameter(torch.empty(subsets, out_channels, rel))
+        self.expand_bias = nn.Parameter(torch.zeros(subsets, out_channels))
+        self.PA = nn.Parameter(torch.from_numpy(np.asarray(adjacency, dtype=np.float32)).clone())
+        self.alpha = nn.Parameter(torch.zeros(1))
+        self.bn = nn.BatchNorm2d(out_channels)
+        if in_channels != out_channels:
+            self.down = nn.Sequential(_pointwise_layer(in_channels, out_channels), nn.BatchNorm2d(out_channels))
+            _bn_init(self.down[1], 1.0)
+        else:
+            self.down = None
+        _kaiming_fan_out_(self.rel_weight, rel)
+        _kaiming_fan_out_(self.value_weight, out_channels)
+        _kaiming_fan_out_(self.expand_weight, out_channels)
+        _bn_init(self.bn, 1e-6)
+
+    def relation(self, x: Tensor) -> Tensor:
+        """Transposed per-channel adjacency ``(alpha * conv4(tanh(x1 - x2)) + A)^T``: (S, C, B, V, U)."""
+        cin, b, _, v = x.shape
+        s, r, c = self.subsets, self.rel_channels, self.out_channels
+        # conv1/conv2 are affine, so they commute with the mean over time: pool first.
+        q = torch.addmm(self.rel_bias.unsqueeze(1), self.rel_weight, x.mean(2).view(cin, b * v))
+        q = q.view(2, s, r, b, v)
+        diff = torch.tanh(q[0].unsqueeze(-2) - q[1].unsqueeze(-1))  # [s, r, b, v, u] = tanh(x1[u] - x2[v])
+        # One GEMM gives alpha * conv4(diff) + A: conv4's weight (times alpha) is extended with two
+        # columns, alpha * bias and 1, and diff with two rows, 1 and A (transposed, per sample).
+        pa = self.PA.transpose(1, 2).reshape(s, 1, 1, v * v).expand(s, 1, b, v * v)
+        ones = diff.new_ones(s, 1, b * v * v)
+        rows = torch.cat([diff.reshape(s, r, b * v * v), ones, pa.reshape(s, 1, b * v * v)], dim=1)
+        cols = torch.cat(
+            [self.expand_weight * self.alpha, (self.expand_bias * self.alpha).unsqueeze(-1), ones[:, :, :1].expand(s, c, 1)],
+            dim=2,
+        )
+        return torch.bmm(cols, rows).view(s, c, b, v, v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T, V)``."""
+        cin, b, t, v = x.shape
+        s, c = self.subsets, self.out_channels
+        rel_t = self.relation(x).view(s, c * b, v, v)
+        # conv3 of all subsets in one GEMM; each (s, c, b) is then a contiguous (T, V) matrix.
+        value = torch.addmm(self.value_bias.unsqueeze(1), self.value_weight, x.reshape(cin, -1))
+        value = value.view(s, c * b, t, v)
+        # y[c, b] = sum_s value[s, c, b] @ rel[s, c, b]^T
+        y = _GraphProduct.apply(value, rel_t)
+        y = _bn(self.bn, y.view(c, b, t, v))
+        res = x if self.down is None else _bn(self.down[1], _pointwise(self.down[0], x))
+        return torch.relu_(y + res)
+
+
+class TemporalUnit(nn.Module):
+    """CTR-GCN's multi-scale temporal conv: two dilated kernel-5 branches, max-pool, 1x1."""
+
+    def __init__(self, channels: int, stride: int = 1):
+        super().__init__()
+        q = channels // (len(DILATIONS) + 2)
+        self.branch_channels, self.stride = q, stride
+        # The 1x1 entry convs of the dilated branches and of the max-pool branch, fused.
+        self.entry = _pointwise_layer(channels, (len(DILATIONS) + 1) * q, fan_out=q)
+        self.entry_bn = nn.BatchNorm2d((len(DILATIONS) + 1) * q)
+        self.temporal = nn.ModuleList()
+        for d in DILATIONS:
+            pad = (TEMPORAL_KERNEL + (TEMPORAL_KERNEL - 1) * (d - 1) - 1) // 2
+            conv = nn.Conv2d(q, q, (TEMPORAL_KERNEL, 1), padding=(pad, 0), stride=(stride, 1), dilation=(d, 1))
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+            nn.init.zeros_(conv.bias)
+            self.temporal.append(conv)
+        self.point = _pointwise_layer(channels, q)
+        # The four branch BatchNorms (dilated convs, max-pool, 1x1) act per channel, so they are
+        # one BatchNorm applied after the concatenation.
+        self.out_bn = nn.BatchNorm2d(channels)
+        # Identity while training; the max-pool channels' share of out_bn once folded for inference
+        # (a BatchNorm with a negative scale does not commute with max).
+        self.pool_affine: nn.Module = nn.Identity()
+        for m in (self.entry_bn, self.out_bn):
+            _bn_init(m, None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Channel-first ``(C, B, T, V)`` -> ``(C, B, T', V)``."""
+        q, stride = self.branch_channels, self.stride
+        h = torch.relu_(_bn(self.entry_bn, _pointwise(self.entry, x)))
+        outs = []
+        for i, conv in enumerate(self.temporal):
+            # oneDNN's convolution wants batch-first: transpose this branch's q channels only.
+            hi = h[i * q : (i + 1) * q].transpose(0, 1).contiguous()
+            outs.append(conv(hi).transpose(0, 1))
+        outs.append(self.pool_affine(_max_pool_time(h[len(DILATIONS) * q :], stride)))
+        outs.append(_pointwise(self.point, x[:, :, ::stride] if stride > 1 else x))
+        return _bn(self.out_bn, torch.cat(outs, dim=0))
+
+
+class Unit(nn.Module):
+    """A TCN-GCN unit: spatial unit, temporal unit, unit residual, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, adjacency: np.ndarray, stride: int, residual: bool):
+        super().__init__()
+        self.gcn = SpatialUnit(in_channels, out_channels, adjacency)
+        self.tcn = TemporalUnit(out_channels, stride)
+        self.stride = stride
+        self.identity = residual and in_channels == out_channels and stride == 1
+        if residual and not self.identity:
+            self.residual = nn.Sequential(_pointwise_layer(in_channels, out_channels), nn.BatchNorm2d(out_channels))
+            _bn_init(self.residual[1], 1.0)
+        else:
+            self.residual = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.tcn(self.gcn(x))
+        if self.residual is not None:
+            xs = x[:, :, :: self.stride] if self.stride > 1 else x
+            y = y + _bn(self.residual[1], _pointwise(self.residual[0], xs))
+        elif self.identity:
+            y = y + x
+        return torch.relu_(y)
+
+
+class CTRGCN(nn.Module):
+    """CTR-GCN for inputs ``(N, C, T, V, M)``; ``forward`` returns logits ``(N, num_class)``.
+
+    ``forward_features`` gives the last feature map ``(N, M, 256, T', V)``, ``pool`` turns it
+    into the skeleton feature ``(N, 256)`` (mean over time, joints, then persons) and
+    ``classify`` into logits, so one backbone pass serves both MMCL heads and the classifier.
+    """
+
+    def __init__(
+        self,
+        num_class: int,
+        adjacency: np.ndarray,
+        num_person: int = 2,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        adjacency = np.asarray(adjacency, dtype=np.float32)
+        if adjacency.ndim != 3 or adjacency.shape[1] != adjacency.shape[2]:
+            raise MMCLError(f"adjacency must have shape (subsets, V, V), got {adjacency.shape}")
+        self.num_class, self.num_person, self.in_channels = num_class, num_person, in_channels
+        self.num_point = adjacency.shape[-1]
+        self.data_bn = nn.BatchNorm1d(num_person * in_channels * self.num_point)
+        _bn_init(self.data_bn, 1.0)
+        self.layers = nn.ModuleList(
+            Unit(in_channels if cin is None else cin, cout, adjacency, stride, residual)
+            for cin, cout, stride, residual in _UNITS
+        )
+        self.feature_dim = _UNITS[-1][1]
+        self.drop_out = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fc = nn.Linear(self.feature_dim, num_class)
+        nn.init.normal_(self.fc.weight, 0.0, math.sqrt(2.0 / num_class))
+        nn.init.zeros_(self.fc.bias)
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[3] != self.num_point or x.shape[4] != self.num_person:
+            raise MMCLError(
+                f"CTRGCN expects input (N, C={self.in_channels}, T, V={self.num_point}, M={self.num_person}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Input ``(N, C, T, V, M)`` -> feature map ``(N, M, C_out, T', V)`` before pooling."""
+        self._check(x)
+        n, c, t, v, m = x.shape
+        x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))
+        # Channel-first layout (C, N*M, T, V) from here on: see the module docstring.
+        x = x.view(n, m, v, c, t).permute(3, 0, 1, 4, 2).reshape(c, n * m, t, v)
+        for layer in self.layers:
+            x = layer(x)
+        return x.view(x.shape[0], n, m, x.shape[2], v).permute(1, 2, 0, 3, 4)
+
+    def pool(self, features: Tensor) -> Tensor:
+        """Feature map ``(N, M, C, T', V)`` -> skeleton feature ``(N, C)``: mean over T', V, then M."""
+        return features.mean(dim=(3, 4)).mean(1)
+
+    def classify(self, pooled: Tensor) -> Tensor:
+        """Skeleton feature ``(N, C)`` -> logits ``(N, num_class)`` (dropout, then the classifier)."""
+        return self.fc(self.drop_out(pooled))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.pool(self.forward_features(x)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Upstream checkpoints
+
+
+def load_upstream_state_dict(model: CTRGCN, state: Mapping[str, Tensor], strict: bool = True) -> None:
+    """Load a state dict of the original CTR-GCN code (``l1.gcn1.convs.0.conv1.weight`` ...).
+
+    A ``module.`` prefix (``nn.DataParallel``) is stripped. Raises MMCLError naming missing or
+    unexpected keys.
+    """
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    ours: dict[str, Tensor] = {}
+    used: set[str] = set()
+
+    def take(key: str) -> Tensor:
+        if key not in state:
+            raise MMCLError(f"upstream checkpoint has no key {key!r}")
+        used.add(key)
+        return state[key]
+
+    def bn(dst: str, src: str) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            if f"{src}.{name}" in state:
+                ours[f"{dst}.{name}"] = take(f"{src}.{name}")
+
+    def cat_bn(dst: str, srcs: list[str]) -> None:
+        """Several upstream BatchNorms concatenated into one (they act per channel)."""
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            ours[f"{dst}.{name}"] = torch.cat([take(f"{src}.{name}") for src in srcs])
+        tracked = [f"{src}.num_batches_tracked" for src in srcs if f"{src}.num_batches_tracked" in state]
+        if tracked:
+            ours[f"{dst}.num_batches_tracked"] = take(tracked[0])
+            used.update(tracked)
+
+    def conv(dst: str, src: str) -> None:
+        ours[f"{dst}.weight"] = take(f"{src}.weight").reshape(expected[f"{dst}.weight"].shape)
+        ours[f"{dst}.bias"] = take(f"{src}.bias")
+
+    bn("data_bn", "data_bn")
+    ours["fc.weight"], ours["fc.bias"] = take("fc.weight"), take("fc.bias")
+    for i, layer in enumerate(model.layers):
+        src, dst = f"l{i + 1}", f"layers.{i}"
+        gcn = layer.gcn
+        s, c, r = gcn.subsets, gcn.out_channels, gcn.rel_channels
+        subs = [f"{src}.gcn1.convs.{k}" for k in range(s)]
+        w1 = [take(f"{p}.conv1.weight").reshape(r, -1) for p in subs]
+        w2 = [take(f"{p}.conv2.weight").reshape(r, -1) for p in subs]
+        ours[f"{dst}.gcn.rel_weight"] = torch.cat(w1 + w2)
+        ours[f"{dst}.gcn.rel_bias"] = torch.cat([take(f"{p}.conv1.bias") for p in subs] + [take(f"{p}.conv2.bias") for p in subs])
+        ours[f"{dst}.gcn.value_weight"] = torch.cat([take(f"{p}.conv3.weight").reshape(c, -1) for p in subs])
+        ours[f"{dst}.gcn.value_bias"] = torch.cat([take(f"{p}.conv3.bias") for p in subs])
+        ours[f"{dst}.gcn.expand_weight"] = torch.stack([take(f"{p}.conv4.weight").reshape(c, r) for p in subs])
+        ours[f"{dst}.gcn.expand_bias"] = torch.stack([take(f"{p}.conv4.bias") for p in subs])
+        ours[f"{dst}.gcn.PA"] = take(f"{src}.gcn1.PA")
+        ours[f"{dst}.gcn.alpha"] = take(f"{src}.gcn1.alpha")
+        bn(f"{dst}.gcn.bn", f"{src}.gcn1.bn")
+        if gcn.down is not None:
+            conv(f"{dst}.gcn.down.0", f"{src}.gcn1.down.0")
+            bn(f"{dst}.gcn.down.1", f"{src}.gcn1.down.1")
+        br = f"{src}.tcn1.branches"
+        nd = len(DILATIONS)
+        entry = [f"{br}.{k}.0" for k in range(nd + 1)]
+        ours[f"{dst}.tcn.entry.weight"] = torch.cat([take(f"{p}.weight").flatten(1) for p in entry])
+        ours[f"{dst}.tcn.entry.bias"] = torch.cat([take(f"{p}.bias") for p in entry])
+        cat_bn(f"{dst}.tcn.entry_bn", [f"{br}.{k}.1" for k in range(nd + 1)])
+        for k in range(nd):
+            conv(f"{dst}.tcn.temporal.{k}", f"{br}.{k}.3.conv")
+        conv(f"{dst}.tcn.point", f"{br}.{nd + 1}.0")
+        out_bns = [f"{br}.{k}.3.bn" for k in range(nd)] + [f"{br}.{nd}.4", f"{br}.{nd + 1}.1"]
+        cat_bn(f"{dst}.tcn.out_bn", out_bns)
+        if layer.residual is not None:
+            conv(f"{dst}.residual.0", f"{src}.residual.conv")
+            bn(f"{dst}.residual.1", f"{src}.residual.bn")
+    unexpected = sorted(set(state) - used)
+    if strict and unexpected:
+        raise MMCLError(f"upstream checkpoint has keys this model does not use: {unexpected[:8]}")
+    for key, value in ours.items():
+        if key in expected and expected[key].shape != value.shape:
+            raise MMCLError(
+                f"upstream checkpoint key for {key!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(expected[key].shape)} (class count, channels or joints differ?)"
+            )
+    missing, _ = model.load_state_dict(ours, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if strict and missing:
+        raise MMCLError(f"upstream checkpoint lacks weights for {missing[:8]}")
