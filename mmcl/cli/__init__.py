@@ -79,10 +79,10 @@ def main() -> None:
 
     \b
     The workflow, one subcommand per step; data passes between steps in files:
-      mmcl prepare synthetic --out data/synth        # or ntu60/ntu120/ucla/utd-mhad
-      mmcl extract-text --data data/synth ...        # LLM text + RGB features (optional)
-      mmcl train --config configs/synthetic/joint.yaml
-      mmcl test --run runs/synthetic-joint
+      mmcl prepare synthetic --out data/synthetic    # or ntu60/ntu120/ucla/utd-mhad
+      mmcl extract-text --data data/synthetic ...    # LLM text + RGB features (optional)
+      mmcl train --config configs/synthetic/xsub/joint.yaml
+      mmcl test --run runs/synthetic-xsub-joint
       mmcl ensemble runs/*/scores.npz
 
     Training runs on Hugging Face Accelerate: use `accelerate launch -m mmcl train`
