@@ -232,12 +232,13 @@ class TemporalUnit(nn.Module):
         """Channel-first ``(C, B, T, V)`` -> ``(C, B, T', V)``."""
         q, stride = self.branch_channels, self.stride
         h = torch.relu_(_bn(self.entry_bn, _pointwise(self.entry, x)))
+        # split (not slicing): its backward is one concatenation, not a zero-filled buffer per slice.
+        *branches, pool_in = h.split(q)
         outs = []
-        for i, conv in enumerate(self.temporal):
+        for hi, conv in zip(branches, self.temporal):
             # oneDNN's convolution wants batch-first: transpose this branch's q channels only.
-            hi = h[i * q : (i + 1) * q].transpose(0, 1).contiguous()
-            outs.append(conv(hi).transpose(0, 1))
-        outs.append(self.pool_affine(_max_pool_time(h[len(DILATIONS) * q :], stride)))
+            outs.append(conv(hi.transpose(0, 1).contiguous()).transpose(0, 1))
+        outs.append(self.pool_affine(_max_pool_time(pool_in, stride)))
         outs.append(_pointwise(self.point, x[:, :, ::stride] if stride > 1 else x))
         return _bn(self.out_bn, torch.cat(outs, dim=0))
 

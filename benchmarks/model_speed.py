@@ -1,0 +1,223 @@
+"""CTR-GCN speed: mmcl's model against a plain upstream-style implementation, side by side.
+
+Prints ONE JSON object. NTU shape: 64 frames, 25 joints, 2 persons, 120 classes.
+
+* training: SGD step (forward, backward, update) at batch 16, samples/s;
+* inference: ms per sample at batch 1 and samples/s at batch 64, the reference in eval mode
+  versus ``mmcl.models.optimize_for_inference`` (BatchNorm folded, cache-sized chunks);
+* MMCL co-learning overhead: a training step with FAM + FRM on cached features (RGB 512-d,
+  text 768-d) against the skeleton-only step;
+* the logits of both models on the same weights (they compute the same function).
+
+Reference and mmcl runs alternate round by round and the JSON reports per-round ratios (median),
+so load from other processes on the machine affects both sides alike. On a shared machine,
+``--threads 1`` gives the steadiest figures: a second OpenMP thread that waits for a busy core
+slows every operation down.
+
+    python benchmarks/model_speed.py            # ~3 minutes on 2 cores
+    python benchmarks/model_speed.py --quick    # ~1 minute
+    python benchmarks/model_speed.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _upstream_ctrgcn import UpstreamCTRGCN  # noqa: E402
+
+from mmcl.graphs import get_layout  # noqa: E402
+from mmcl.models import CTRGCN, MMCLModel, bf16_is_fast, load_upstream_state_dict, optimize_for_inference  # noqa: E402
+
+CLASSES, FRAMES, JOINTS, PERSONS = 120, 64, 25, 2
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]):
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        optimizer.step()
+
+    return step
+
+
+def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-4)
+
+
+def interleaved(pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]], rounds: int) -> dict[str, dict]:
+    """Time each (reference, ours) pair alternately; per-round ratios reference/ours."""
+    out: dict[str, dict] = {}
+    for name, (ref, ours) in pairs.items():
+        ref(), ours()  # warm-up
+        times = {"reference": [], "mmcl": []}
+        for r in range(rounds):
+            order = [("reference", ref), ("mmcl", ours)] if r % 2 == 0 else [("mmcl", ours), ("reference", ref)]
+            for side, fn in order:
+                times[side].append(timed(fn))
+        ratios = [a / b for a, b in zip(times["reference"], times["mmcl"])]
+        out[name] = {
+            "reference_s": statistics.median(times["reference"]),
+            "mmcl_s": statistics.median(times["mmcl"]),
+            "speedup_median": round(statistics.median(ratios), 3),
+            "speedup_min": round(min(ratios), 3),
+            "speedup_max": round(max(ratios), 3),
+        }
+        log(f"{name}: {out[name]}")
+    return out
+
+
+def same_function(adjacency, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Both models on the same non-trivial weights (alpha and the 1e-6 BN scales moved off their
+    init, one SGD step taken): largest logit difference, train and eval, and of the optimized
+    inference path, relative to the largest logit."""
+    torch.manual_seed(3)
+    reference = UpstreamCTRGCN(CLASSES, adjacency)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if name.endswith("alpha"):
+                p.fill_(0.5)
+            elif name.endswith("gcn1.bn.weight"):
+                p.fill_(1.0)
+    train_step(reference, sgd(reference), lambda: F.cross_entropy(reference(x), y))()
+    ours = CTRGCN(CLASSES, adjacency)
+    load_upstream_state_dict(ours, reference.state_dict())
+    with torch.no_grad():
+        train_ref, train_ours = reference(x), ours(x)
+        reference.eval(), ours.eval()
+        eval_ref, eval_ours = reference(x), ours(x)
+        fast = optimize_for_inference(ours)(x)
+    scale = float(eval_ref.abs().max())
+    return {
+        "train_mode_max_rel_diff": float((train_ref - train_ours).abs().max()) / float(train_ref.abs().max()),
+        "eval_mode_max_rel_diff": float((eval_ref - eval_ours).abs().max()) / scale,
+        "optimized_inference_max_rel_diff": float((eval_ref - fast).abs().max()) / scale,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (about a minute)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--infer-batch", type=int, default=64)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = {"train": 2, "mmcl": 2, "b1": 4, "b64": 1} if args.quick else {"train": 5, "mmcl": 5, "b1": 10, "b64": 3}
+    torch.manual_seed(0)
+    adjacency = get_layout("ntu").adjacency()
+
+    reference = UpstreamCTRGCN(CLASSES, adjacency)
+    ours = CTRGCN(CLASSES, adjacency)
+    load_upstream_state_dict(ours, reference.state_dict())  # the same weights
+    shape = (FRAMES, JOINTS, PERSONS)
+    g = torch.Generator().manual_seed(1)
+    x_train = torch.randn(args.train_batch, 3, *shape, generator=g)
+    y_train = torch.randint(0, CLASSES, (args.train_batch,), generator=g)
+    x1 = torch.randn(1, 3, *shape, generator=g)
+    x64 = torch.randn(args.infer_batch, 3, *shape, generator=g)
+
+    agreement = same_function(adjacency, x_train[:4], y_train[:4])
+
+    # Training step, batch 16.
+    reference.train(), ours.train()
+    ref_step = train_step(reference, sgd(reference), lambda: F.cross_entropy(reference(x_train), y_train))
+    our_step = train_step(ours, sgd(ours), lambda: F.cross_entropy(ours(x_train), y_train))
+    train = interleaved({"train_step": (ref_step, our_step)}, rounds["train"])["train_step"]
+
+    # Inference.
+    reference.eval(), ours.eval()
+    fast = optimize_for_inference(ours)
+
+    def ref_infer(x):
+        with torch.no_grad():
+            return reference(x)
+
+    infer = interleaved(
+        {
+            "infer_batch1": (lambda: ref_infer(x1), lambda: fast(x1)),
+            f"infer_batch{args.infer_batch}": (lambda: ref_infer(x64), lambda: fast(x64)),
+        },
+        rounds["b1"],
+    ) if args.quick else {}
+    if not args.quick:
+        infer.update(interleaved({"infer_batch1": (lambda: ref_infer(x1), lambda: fast(x1))}, rounds["b1"]))
+        infer.update(interleaved({f"infer_batch{args.infer_batch}": (lambda: ref_infer(x64), lambda: fast(x64))}, rounds["b64"]))
+    b1, b64 = infer["infer_batch1"], infer[f"infer_batch{args.infer_batch}"]
+
+    # MMCL co-learning overhead with cached features: skeleton-only step vs FAM + FRM step.
+    torch.manual_seed(2)
+    plain = CTRGCN(CLASSES, adjacency).train()
+    colearn = MMCLModel(CTRGCN(CLASSES, adjacency), rgb_dim=512, text_dim=768).train()
+    rgb = torch.randn(args.train_batch, 512, generator=g)
+    text = torch.randn(args.train_batch, 768, generator=g)
+    plain_step = train_step(plain, sgd(plain), lambda: F.cross_entropy(plain(x_train), y_train))
+    mmcl_step = train_step(colearn, sgd(colearn), lambda: colearn.losses(colearn(x_train, rgb, text), y_train)["total"])
+    over = interleaved({"mmcl_overhead": (mmcl_step, plain_step)}, rounds["mmcl"])["mmcl_overhead"]
+
+    result = {
+        "benchmark": "model_speed",
+        "shape": {"frames": FRAMES, "joints": JOINTS, "persons": PERSONS, "classes": CLASSES},
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": bf16_is_fast(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "torch": torch.__version__,
+        },
+        "quick": args.quick,
+        "train_batch16": {
+            "reference_samples_per_s": round(args.train_batch / train["reference_s"], 2),
+            "mmcl_samples_per_s": round(args.train_batch / train["mmcl_s"], 2),
+            "speedup": train["speedup_median"],
+            "speedup_range": [train["speedup_min"], train["speedup_max"]],
+            "goal": 2.0,
+        },
+        "infer_batch1": {
+            "reference_ms_per_sample": round(b1["reference_s"] * 1000, 1),
+            "mmcl_ms_per_sample": round(b1["mmcl_s"] * 1000, 1),
+            "speedup": b1["speedup_median"],
+            "speedup_range": [b1["speedup_min"], b1["speedup_max"]],
+        },
+        f"infer_batch{args.infer_batch}": {
+            "reference_samples_per_s": round(args.infer_batch / b64["reference_s"], 2),
+            "mmcl_samples_per_s": round(args.infer_batch / b64["mmcl_s"], 2),
+            "speedup": b64["speedup_median"],
+            "speedup_range": [b64["speedup_min"], b64["speedup_max"]],
+            "goal": 3.0,
+        },
+        "mmcl_colearning_overhead": {
+            "skeleton_only_step_s": round(over["mmcl_s"], 3),
+            "mmcl_step_s": round(over["reference_s"], 3),
+            "overhead_percent": round((over["speedup_median"] - 1) * 100, 1),
+            "goal_percent": 15.0,
+        },
+        "same_function": agreement,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
