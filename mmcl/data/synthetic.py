@@ -80,7 +80,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec(motion.sit(standing_up=True), 1, (1, 1)),
     ActionSpec(motion.handshake, 2, (2, 4), gap=(0.85, 1.0)),
     ActionSpec(motion.push, 2, (1, 1), gap=(0.75, 0.9)),
-    ActionSpec(motion.hug, 2, (1, 1), gap=(0.5, 0.6)),
+    ActionSpec(motion.hug, 2, (1, 2), gap=(0.5, 0.6)),
     ActionSpec(motion.walk_towards, 2, (1, 1), gap=(0.7, 0.9), walks=True),
 )
 assert len(ACTIONS) == len(CLASS_NAMES)

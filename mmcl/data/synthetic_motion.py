@@ -231,16 +231,24 @@ def cheer(w: np.ndarray, s: Style) -> list[np.ndarray]:
 
 
 def punch(w: np.ndarray, s: Style) -> list[np.ndarray]:
+    """Boxing stance (left foot forward, fists up by the face), then straight right punches
+    thrown with a twist of the torso."""
     p, e = _neutral(w), envelope(w, 0.15)
     hit = bump(np.mod(s.cycles * w, 1.0)) * e
+    _set(p, "l_hip", 0.35, e)
+    _set(p, "r_hip", -0.2, e)
+    _set(p, "l_knee", 0.25, e)
+    _set(p, "r_knee", 0.15, e)
     for side in "lr":
-        _set(p, f"{side}_elev", 0.6, e)
-        _set(p, f"{side}_az", 0.25, e)
-        _set(p, f"{side}_elbow", 2.1, e)
-    _set(p, "r_elev", 1.55, hit)
+        _set(p, f"{side}_elev", 0.75, e)
+        _set(p, f"{side}_az", 0.3, e)
+        _set(p, f"{side}_elbow", 2.3, e)
+        _set(p, f"{side}_bend", np.pi / 2, e)
+    _set(p, "r_elev", 1.6, hit)
     _set(p, "r_elbow", 0.05, hit)
-    _set(p, "r_az", -0.05, hit)
-    _set(p, "twist", 0.35 * s.amp, hit)
+    _set(p, "r_az", -0.1, hit)
+    _set(p, "twist", 0.5 * s.amp, hit)
+    _set(p, "pitch", 0.15, e)
     return [p]
 
 
@@ -329,6 +337,7 @@ def handshake(w: np.ndarray, s: Style) -> list[np.ndarray]:
 
 
 def push(w: np.ndarray, s: Style) -> list[np.ndarray]:
+    """Actor 1 lunges and shoves with both hands; actor 2 staggers backwards, arms flung out."""
     a, b = _neutral(w), _neutral(w)
     ready = ease(w / 0.35) * ease((1 - w) / 0.2)
     thrust = ease((w - 0.4) / 0.12) * ease((1 - w) / 0.25)
@@ -338,28 +347,39 @@ def push(w: np.ndarray, s: Style) -> list[np.ndarray]:
         _set(a, f"{side}_elbow", 1.6, ready)
         _set(a, f"{side}_elev", 1.45, thrust)
         _set(a, f"{side}_elbow", 0.1, thrust)
-    a[:, P["fwd"]] = 0.25 * ease((w - 0.4) / 0.15)
-    a[:, P["pitch"]] = 0.2 * thrust
-    hit = ease((w - 0.48) / 0.2)
-    b[:, P["fwd"]] = -0.5 * s.amp * hit
-    recoil = bump((w - 0.48) / 0.35)
-    b[:, P["pitch"]] = -0.3 * recoil
+    a[:, P["fwd"]] = 0.3 * ease((w - 0.4) / 0.15)
+    a[:, P["pitch"]] = 0.3 * thrust
+    a[:, P["l_hip"]] = 0.45 * thrust  # lunge
+    a[:, P["l_knee"]] += 0.4 * thrust
+    hit = ease((w - 0.48) / 0.25)
+    travel = 0.7 * s.amp
+    b[:, P["fwd"]] = -travel * hit
+    recoil = bump((w - 0.48) / 0.4)
+    b[:, P["pitch"]] = -0.35 * recoil
+    step = np.sin(2 * np.pi * travel * hit / 0.5) * recoil  # stumbling steps backwards
+    b[:, P["l_hip"]] = -0.35 * step
+    b[:, P["r_hip"]] = 0.35 * step
+    b[:, P["l_knee"]] += 0.4 * np.maximum(0, step)
+    b[:, P["r_knee"]] += 0.4 * np.maximum(0, -step)
     for side in "lr":
-        _set(b, f"{side}_elev", 0.9, recoil)
-        _set(b, f"{side}_az", 1.1, recoil)
+        _set(b, f"{side}_elev", 1.5, recoil)
+        _set(b, f"{side}_az", 1.4, recoil)
+        _set(b, f"{side}_elbow", 0.3, recoil)
     return [a, b]
 
 
 def hug(w: np.ndarray, s: Style) -> list[np.ndarray]:
+    """Both step in, wrap their arms round each other and rock gently from side to side."""
     out = []
-    for _ in range(2):
+    for k in range(2):
         p, e = _neutral(w), envelope(w, 0.3)
         for side in "lr":
-            _set(p, f"{side}_elev", 1.35, e)
-            _set(p, f"{side}_az", 0.65, e)
-            _set(p, f"{side}_elbow", 1.2 * s.amp, e)
+            _set(p, f"{side}_elev", 1.3, e)
+            _set(p, f"{side}_az", 0.95, e)
+            _set(p, f"{side}_elbow", 1.7 * s.amp, e)
         p[:, P["pitch"]] = 0.15 * e
         p[:, P["fwd"]] = 0.12 * e
+        p[:, P["twist"]] = 0.2 * e * np.sin(2 * np.pi * s.cycles * w + np.pi * k)
         out.append(p)
     return out
 
