@@ -9,19 +9,25 @@ branch); global average pooling over time, joints and persons; dropout; a linear
 With 120 classes, 3 channels, 2 persons and 25 joints it has 1,462,092 parameters, as upstream.
 
 What is computed differently (same function, same parameter count; ``tests/test_models.py``
-checks the outputs against a straightforward implementation with the same weights):
+checks outputs and gradients against a plain implementation with the same weights):
 
-* The three CTRGC subsets share one value convolution (``3*C`` output channels at once) and one
-  relation convolution (``conv1``/``conv2`` of all subsets together).
-* ``conv1``/``conv2`` are applied to the time-averaged input: they are affine, so
-  ``mean_t(conv(x)) == conv(mean_t(x))``, which saves a pass over all frames.
-* ``alpha`` is folded into the small ``conv4`` weight and bias, and ``A`` is added in the same
-  step, so the per-channel relation matrices are written once.
-* All three subsets are aggregated in a single batched matrix product over ``3*V`` joints.
-* The multi-scale temporal unit's three 1x1 entry convolutions (two dilated branches and the
-  max-pool branch) are one convolution with one BatchNorm.
-* Activations are kept channels-last (``N, T, V, C`` in memory), where oneDNN's convolutions
-  are several times faster on CPU than with the default layout.
+* Channel-first layout: activations are ``(C, N*M, T, V)``, so every 1x1 convolution is one
+  large matrix product ``W @ x`` (no per-sample or layout-reordering overhead), BatchNorm reads
+  each channel contiguously, and the graph product is a batched product of contiguous
+  ``(T, V) @ (V, U)`` matrices.
+* The three CTRGC subsets share one value GEMM (``conv3`` of all subsets, ``3*C`` rows) and one
+  relation GEMM (``conv1``/``conv2`` of all subsets).
+* ``conv1``/``conv2`` run on the time-averaged input: they are affine, so
+  ``mean_t(conv(x)) == conv(mean_t(x))``, a pass over all frames saved.
+* ``alpha * conv4(tanh(x1 - x2)) + A`` is a single GEMM: conv4's weight (times alpha) gets two
+  extra columns (alpha * bias, 1) and the tanh differences two extra rows (1, A), so the large
+  per-channel relation tensor is written once, not three times.
+* The subsets' graph products accumulate in place (``_GraphProduct``), without the zero-filled
+  buffers autograd would allocate for indexing.
+* The multi-scale temporal unit's three 1x1 entry convolutions are one GEMM with one BatchNorm,
+  and its four branch BatchNorms (per channel) are one BatchNorm after the concatenation.
+* Max-pooling over time reads the tensor as a channels-last image with joints as channels,
+  PyTorch's vectorised kernel (several times faster than the default for a (3, 1) window).
 
 ``load_upstream_state_dict`` maps a checkpoint of the original code (``l1.gcn1.convs.0.conv1``
 ...) onto this model, so published CTR-GCN weights can be used as they are.
