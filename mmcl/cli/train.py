@@ -56,5 +56,7 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume: bool, ou
     result = run_training(cfg, run_dir, resume=resume)
     if result.report:
         click.echo(result.report)
-        click.echo(f"best test top-1 {100 * result.best_top1:.2f}% at epoch {result.best_epoch}; "
+        last = f"{100 * result.last_top1:.2f}%" if result.last_top1 is not None else "-"
+        click.echo(f"test top-1: {last} after the last epoch ({result.epochs}), best {100 * result.best_top1:.2f}% "
+                   f"at epoch {result.best_epoch} (selected on the test split, as CTR-GCN reports); "
                    f"outputs in {result.run_dir}")

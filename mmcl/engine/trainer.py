@@ -71,6 +71,7 @@ class RunResult:
     epochs: int
     best_epoch: int
     best_top1: float
+    last_top1: float | None  # test top-1 after the final epoch (not selected on the test set)
     metrics: Metrics | None
     report: str
 
@@ -321,7 +322,9 @@ class Trainer:
             plot_training_curve(read_metrics(self.metrics_path), self.run_dir / "training_curve.png",
                                 title=f"{self.spec['dataset']} {self.cfg.data.benchmark} {self.cfg.data.stream}")
         self.acc.wait_for_everyone()
-        return RunResult(self.run_dir, self.epoch, self.best_epoch, self.best_top1, metrics, report)
+        tested = [r for r in read_metrics(self.metrics_path) if r.get("kind") == "epoch" and "test_top1" in r]
+        last = tested[-1]["test_top1"] if tested and tested[-1]["epoch"] == self.epoch else None
+        return RunResult(self.run_dir, self.epoch, self.best_epoch, self.best_top1, last, metrics, report)
 
     def _state(self) -> dict[str, Any]:
         return {
