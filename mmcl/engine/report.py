@@ -115,7 +115,8 @@ def plot_training_curve(records: Sequence[dict[str, Any]], path: Path, *, title:
     ax_lr = ax_loss.twinx()
     ax_lr.plot([r["epoch"] for r in epochs], [r["lr"] for r in epochs], "--", color="tab:red", label="lr")
     ax_lr.set_ylabel("learning rate", color="tab:red")
-    ax_loss.legend(loc="upper right")
+    handles = ax_loss.get_legend_handles_labels()[0] + ax_lr.get_legend_handles_labels()[0]
+    ax_loss.legend(handles=handles, loc="upper right")
     ax_acc.plot([r["epoch"] for r in epochs], [100 * r["train_top1"] for r in epochs], "o-", label="train top-1")
     tested = [r for r in epochs if r.get("test_top1") is not None]
     ax_acc.plot([r["epoch"] for r in tested], [100 * r["test_top1"] for r in tested], "s-", label="test top-1")
@@ -125,4 +126,5 @@ def plot_training_curve(records: Sequence[dict[str, Any]], path: Path, *, title:
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(loc="lower right")
     fig.suptitle(title or "training curve")
+    fig.subplots_adjust(wspace=0.45)
     _save(fig, path)
