@@ -28,7 +28,7 @@ same clips as long as the caller calls :meth:`SkeletonClips.set_epoch` before ea
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -111,7 +111,9 @@ class SkeletonClips(Dataset):
 
     Items are dicts: ``x`` float32 (C, window, V, num_person), ``label`` and ``index``
     (position in ``names``) int64, plus one float32 tensor per entry of ``features``
-    (arrays aligned with ``names``, e.g. ``{"text": ..., "rgb": ...}``).
+    (arrays aligned with ``names``, e.g. ``{"text": ..., "rgb": ...}``). With ``strips`` (a
+    callable name -> image tensor, e.g. :class:`mmcl.data.strips.StripLoader`), ``rgb`` is
+    instead the sample's RGB strip, preprocessed for an encoder trained end to end.
 
     With ``augment``, the device-side augmentation (rotation, stream) also runs here, per
     sample; without it the caller applies ``augment(batch["x"], train)`` on the device.
@@ -136,6 +138,7 @@ class SkeletonClips(Dataset):
         ucla_scale: tuple[float, float] = (0.5, 1.5),
         augment: BatchAugment | None = None,
         seed: int | None = None,
+        strips: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.ds = ds
         self.names = list(names)
@@ -157,6 +160,9 @@ class SkeletonClips(Dataset):
         self._infos = [ds.info_of(n) for n in self.names]  # clear error for an unknown name
         self.labels = np.array([i.label for i in self._infos], dtype=np.int64)
         self.features = {k: self._check_features(k, v) for k, v in (features or {}).items()}
+        if strips is not None and "rgb" in self.features:
+            raise MMCLError("give either cached rgb features or RGB strips, not both")
+        self.strips = strips
 
     def _check_options(self) -> None:
         if not self.names:
@@ -220,6 +226,8 @@ class SkeletonClips(Dataset):
         }
         for key, values in self.features.items():
             item[key] = torch.from_numpy(np.asarray(values[pos], dtype=np.float32))
+        if self.strips is not None:
+            item["rgb"] = self.strips(name)
         return item
 
     # -- per-sample steps ----------------------------------------------------------------

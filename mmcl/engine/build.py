@@ -64,12 +64,23 @@ def cofeatures(cfg: Config, train_names: list[str]) -> dict[str, np.ndarray]:
             raise MMCLError("model.fam is on but features.rgb is null: point it at a cached RGB feature "
                             "file, set features.rgb_end_to_end=true, or set model.fam=false")
         out["rgb"] = load_features(cfg.features.rgb).take(train_names, what="training samples")
-    if cfg.features.rgb_end_to_end:
-        raise MMCLError(
-            "features.rgb_end_to_end is not supported by this build's input pipeline yet "
-            "(it needs RGB strips per training sample); use cached features.rgb instead"
-        )
     return out
+
+
+def rgb_strips(cfg: Config, ds: SkeletonDataset, train_names: list[str]) -> Any:
+    """With FAM trained end to end: the loader of the training samples' RGB strips, after
+    checking that every one exists (``None`` otherwise)."""
+    if not (cfg.model.fam and cfg.features.rgb_end_to_end):
+        return None
+    if not cfg.features.image_encoder:
+        raise MMCLError("features.rgb_end_to_end is on but features.image_encoder is null: point it at a "
+                        "local Transformers image model folder (e.g. ViT, CLIP, ResNet)")
+    from mmcl.data.strips import StripLoader
+
+    strips = StripLoader.for_dataset(ds.path, cfg.features.image_encoder,
+                                     trust_remote_code=cfg.features.trust_remote_code)
+    strips.check(train_names)
+    return strips
 
 
 def build_data(cfg: Config) -> DataBundle:
@@ -82,7 +93,8 @@ def build_data(cfg: Config) -> DataBundle:
         test_crop=cfg.data.test_crop, seed=cfg.seed,
     )
     augment = BatchAugment(cfg.data.recipe, cfg.data.stream, ds.layout, rotate=cfg.data.rotate)
-    train = SkeletonClips(ds, train_names, train=True, repeat=cfg.data.repeat, features=features, **common)
+    train = SkeletonClips(ds, train_names, train=True, repeat=cfg.data.repeat, features=features,
+                          strips=rgb_strips(cfg, ds, train_names), **common)
     test = SkeletonClips(ds, test_names, train=False, **common)
     return DataBundle(ds, train, test, augment, {k: int(v.shape[1]) for k, v in features.items()})
 
@@ -141,7 +153,7 @@ def build_model(cfg: Config, spec: dict[str, Any], feature_dims: dict[str, int])
 
     backbone = build_skeleton_model(spec, cfg.model.dropout)
     rgb_encoder = None
-    if cfg.model.fam and cfg.features.rgb_end_to_end:  # pragma: no cover - refused in cofeatures()
+    if cfg.model.fam and cfg.features.rgb_end_to_end:  # the encoder trains with the same optimizer
         from mmcl.models.vision import load_image_encoder
 
         rgb_encoder = load_image_encoder(cfg.features.image_encoder, trust_remote_code=cfg.features.trust_remote_code)
