@@ -340,6 +340,27 @@ def test_skeleton_model_has_no_head_parameters():
     assert sum(p.numel() for p in model.parameters()) > 1_462_092
 
 
+def test_bf16_autocast_trains_and_keeps_the_logits():
+    """Accelerate's bf16 mixed precision wraps the step in autocast: the model must run under it
+    (fp32 master weights and gradients) and give the fp32 logits to bf16 precision."""
+    torch.manual_seed(0)
+    model = MMCLModel(_small_backbone(), rgb_dim=48, text_dim=24)
+    x, rgb, text, labels = _batch(2)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)["logits"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)["logits"].float()
+    assert (low - expected).abs().max() <= 0.02 * expected.abs().max()
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.losses(model(x, rgb, text), labels)
+    assert losses["total"].dtype == torch.float32 and torch.isfinite(losses["total"])
+    losses["total"].backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 # -- the end-to-end image encoder -----------------------------------------------------------
 
 
