@@ -37,7 +37,7 @@ def load_image_processor(model: str, *, trust_remote_code: bool = False) -> Any:
     """The ``AutoImageProcessor`` of a local image model folder (clear error when missing)."""
     import transformers
 
-    from mmcl.llm.loading import check_remote_code, load_or_explain, resolve_model
+    from mmcl.hub import check_remote_code, load_or_explain, resolve_model
 
     source, kwargs = resolve_model(model, allow_download=False)
     check_remote_code(source, kwargs, trust_remote_code)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mmcl.errors import MMCLError
-from mmcl.llm.loading import check_remote_code, dtype_kwargs, load_or_explain, resolve_model
+from mmcl.hub import check_remote_code, dtype_kwargs, load_or_explain, resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mmcl.llm.loading import check_remote_code, dtype_kwargs, load_or_explain, resolve_model
+from mmcl.hub import check_remote_code, dtype_kwargs, load_or_explain, resolve_model
 
 
 def _load(model: str, auto_cls: str, *, device: Any, dtype: Any, trust_remote_code: bool,

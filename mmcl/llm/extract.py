@@ -34,7 +34,7 @@ import numpy as np
 from mmcl.data.features import save_features
 from mmcl.data.store import open_dataset
 from mmcl.errors import MMCLError
-from mmcl.llm.loading import slug
+from mmcl.hub import slug
 from mmcl.llm.prompts import is_yes_no
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _device_and_dtype(dtype: str) -> tuple[Any, Any]:
-    from mmcl.llm.loading import pick_dtype
+    from mmcl.hub import pick_dtype
     from mmcl.llm.runner import process_state
 
     device = process_state().device

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmcl.llm.loading import check_remote_code, load_or_explain, resolve_model
+from mmcl.hub import check_remote_code, load_or_explain, resolve_model
 
 
 class ImageFeatureEncoder(nn.Module):
