@@ -169,12 +169,14 @@ def main() -> None:
     if len(sources) != 12:
         raise SystemExit(f"expected the 12 real NTU files in {SHARED / 'ntu-skeletons'}")
     sys.path.insert(0, str(REPO))
+    from mmcl.data import ntu
     from mmcl.data.ntu import Ntu60Source, missing_skeletons
 
     missing = set(missing_skeletons(Ntu60Source.missing_list))
     result: dict = {
         "benchmark": "mmcl prepare ntu60",
         "workers": args.workers,
+        "reader": "compiled (mmcl/data/_ntuparse.c)" if ntu._ntuparse is not None else "numpy (not built)",
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "raw_files": "copies of the 12 real NTU60 files (42-124 frames) under new names",

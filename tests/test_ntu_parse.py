@@ -1,9 +1,12 @@
-"""The Kinect v2 .skeleton reader: the vectorised parser against a plain line-by-line reader,
-line endings, odd number formats, malformed files, and the NTU metadata that ships with mmcl."""
+"""The Kinect v2 .skeleton reader: both readers (the compiled one for well-formed files and the
+NumPy one) against a plain line-by-line reader, line endings, odd number formats, malformed
+files, and the NTU metadata that ships with mmcl."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -44,34 +47,42 @@ def assert_same_as_plain(raw: ntu.RawSkeleton, text: str) -> None:
         np.testing.assert_array_equal(raw.colors[k], col)
 
 
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
+def native(request) -> bool:
+    """Run a test through the compiled reader (skipped where it is not built) and the NumPy one."""
+    if request.param and ntu._ntuparse is None:
+        pytest.skip("the compiled reader mmcl.data._ntuparse is not built (no C compiler at install)")
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def real_files(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "ntu-skeletons").glob("*.skeleton"))
 
 
-def test_real_files_match_a_plain_reader(real_files):
+def test_real_files_match_a_plain_reader(real_files, native):
     assert len(real_files) == 12
     crlf = 0
     for path in real_files:
         data = path.read_bytes()
         crlf += b"\r\n" in data
-        raw = ntu.parse_skeleton(data, path.name)
+        raw = ntu.parse_skeleton(data, path.name, native=native)
         assert_same_as_plain(raw, data.decode())
         assert raw.declared_frames == int(data.split()[0])
     assert 0 < crlf < len(real_files)  # both line endings are covered
 
 
-def test_line_endings_do_not_matter(real_files):
+def test_line_endings_do_not_matter(real_files, native):
     for path in real_files[:4]:
         data = path.read_bytes()
         lf = data.replace(b"\r\n", b"\n")
         crlf = lf.replace(b"\n", b"\r\n")
-        a, b = ntu.prepare_skeleton(lf, path.name), ntu.prepare_skeleton(crlf, path.name)
+        a, b = ntu.parse_skeleton(lf, path.name, native=native), ntu.parse_skeleton(crlf, path.name, native=native)
         np.testing.assert_array_equal(a.joints, b.joints)
         np.testing.assert_array_equal(a.colors, b.colors)
 
 
-def test_unusual_but_valid_numbers_and_spacing(real_files):
+def test_unusual_but_valid_numbers_and_spacing(real_files, native):
     """Exponents, tabs, doubled and trailing spaces, + signs: the exact per-line path agrees."""
     text = real_files[0].read_bytes().decode().replace("\r\n", "\n")
     lines = text.split("\n")
@@ -95,7 +106,7 @@ def test_unusual_but_valid_numbers_and_spacing(real_files):
             fields[5] = fields[5] + "000000000"  # a 16+ character token
         lines[i] = " ".join(fields)
     edited = "\n".join(lines)
-    assert_same_as_plain(ntu.parse_skeleton(edited.encode(), "edited"), edited)
+    assert_same_as_plain(ntu.parse_skeleton(edited.encode(), "edited", native=native), edited)
 
 
 def test_vectorised_numbers_match_python_float():
@@ -123,6 +134,95 @@ def test_vectorised_numbers_match_python_float():
     assert not ok[tokens.index("1e5")] and not ok[tokens.index("+1")]
 
 
+def test_the_compiled_reader_is_built_where_a_compiler_is():
+    if shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc") is None:
+        pytest.skip("no C compiler here: the NumPy reader runs (same results, slower)")
+    assert ntu._ntuparse is not None, "pip install -e . should have built mmcl/data/_ntuparse.c"
+
+
+def test_compiled_numbers_are_python_floats_cast_to_float32():
+    """Random decimals with and without exponents, in the x column of one-body files."""
+    if ntu._ntuparse is None:
+        pytest.skip("the compiled reader is not built")
+    rng = np.random.default_rng(2)
+    tokens = []
+    for _ in range(25 * 400):
+        digits = str(int(rng.integers(0, 10 ** int(rng.integers(1, 16)))))
+        if rng.random() < 0.7 and len(digits) > 1:
+            k = int(rng.integers(1, len(digits)))
+            digits = digits[:k] + "." + digits[k:]
+        if rng.random() < 0.3:
+            digits += str(rng.choice(["e", "E"])) + str(rng.choice(["", "-", "+"])) + str(int(rng.integers(0, 12)))
+        tokens.append(("-" if rng.random() < 0.5 else "") + digits)
+    tokens[:12] = ["0", "-0", "5.", ".5", "-.5", "123456789012345", "-7.257856E-05", "1e22", "1e-22", "9e0", "-0.0", "3E+2"]
+    compiled = fallbacks = 0
+    for lo in range(0, len(tokens), 25):
+        chunk = tokens[lo : lo + 25]
+        rows = "\n".join(f"{t} 0.5 {t} 2 3 {t} {t} 0 0 0 0 2" for t in chunk)
+        data = f"1\n1\n72057594037931101 0 1 1 1 1 0 0 0 2\n25\n{rows}\n".encode()
+        parsed = ntu._ntuparse.parse(data)
+        if parsed is None:  # exponents beyond 10**+-22, 16+ digits: the NumPy reader's job
+            fallbacks += 1
+            continue
+        compiled += 1
+        expected = np.array([float(t) for t in chunk], np.float32)
+        joints = np.frombuffer(parsed[5], np.float32).reshape(25, 3)
+        colors = np.frombuffer(parsed[6], np.float32).reshape(25, 2)
+        for column in (joints[:, 0], joints[:, 2], colors[:, 0], colors[:, 1]):
+            np.testing.assert_array_equal(column.view(np.uint32), expected.view(np.uint32))
+        assert (joints[:, 1] == 0.5).all()
+    assert compiled > 200 and fallbacks > 0
+    good = "1\n1\n7 0 1 1 1 1 0 0 0 2\n25\n" + "1.5 0 0 0 0 0 0 0 0 0 0 2\n" * 25
+    assert ntu._ntuparse.parse(good.encode()) is not None
+    for odd in ["+1", "1e", "1e+", "--1", "1.2.3", "0x10", "nan", "inf", "1_0", "1e999"]:
+        data = "1\n1\n7 0 1 1 1 1 0 0 0 2\n25\n" + f"{odd} 0 0 0 0 0 0 0 0 0 0 2\n" * 25
+        assert ntu._ntuparse.parse(data.encode()) is None, odd
+
+
+def test_compiled_reader_accepts_only_what_the_numpy_reader_accepts(real_files):
+    """Random cuts, byte changes and line swaps of a real file: the compiled reader either gives
+    the NumPy reader's arrays or hands the file back (None); never a different answer."""
+    if ntu._ntuparse is None:
+        pytest.skip("the compiled reader is not built")
+    lines, end = real_files[0].read_bytes().split(b"\n"), 1
+    for _ in range(12):  # the first 12 frames, declared as such
+        end += 1 + int(lines[end]) * (2 + ntu.NUM_JOINTS)
+    original = b"\n".join([b"12"] + lines[1:end]) + b"\n"
+    ntu.parse_skeleton(original, "cut", native=False)  # well-formed
+    rng = np.random.default_rng(3)
+    outcomes = {"same": 0, "handed back": 0}
+    for trial in range(300):
+        data = bytearray(original)
+        kind = trial % 3
+        if kind == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        elif kind == 1:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] = int(rng.choice(list(b"0123456789 .-\n\r\teE+x")))
+        else:
+            lines = bytes(data).split(b"\n")
+            i, j = rng.integers(0, len(lines), 2)
+            lines[i], lines[j] = lines[j], lines[i]
+            data = bytearray(b"\n".join(lines))
+        data = bytes(data)
+        compiled = ntu._ntuparse.parse(data)
+        try:
+            expected = ntu.parse_skeleton(data, "mutated", native=False)
+        except SampleError:
+            assert compiled is None, f"trial {trial}: the compiled reader accepted a file the NumPy reader rejects"
+            outcomes["handed back"] += 1
+            continue
+        if compiled is None:
+            outcomes["handed back"] += 1
+            continue
+        got = ntu.parse_skeleton(data, "mutated")
+        assert got.dropped == expected.dropped and got.body_ids == expected.body_ids
+        for field in ("inst_body", "inst_frame", "joints", "colors"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(expected, field))
+        outcomes["same"] += 1
+    assert min(outcomes.values()) > 30, outcomes
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_bytes().decode().replace("\r\n", "\n").split("\n")
 
@@ -141,10 +241,10 @@ def _lines(path: Path) -> list[str]:
         (lambda ls: ls[:29] + ["-1"] + ls[30:], r"line 30: the body count of frame 2 is negative"),
     ],
 )
-def test_malformed_files_name_the_line(real_files, edit, expected):
+def test_malformed_files_name_the_line(real_files, edit, expected, native):
     lines = edit(_lines(real_files[0]))
     with pytest.raises(SampleError, match=expected) as info:
-        ntu.parse_skeleton("\n".join(lines).encode(), "S001C001P001R001A001.skeleton")
+        ntu.parse_skeleton("\n".join(lines).encode(), "S001C001P001R001A001.skeleton", native=native)
     assert str(info.value).startswith("S001C001P001R001A001.skeleton: ")
 
 

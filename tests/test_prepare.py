@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +141,22 @@ def test_an_interrupted_run_leaves_nothing_behind(real, tmp_path, existing):
         assert (out / "joints.npy").read_bytes() == before and _leftovers(out.parent) == ["ds"]
     else:  # not even the parent folders it created
         assert _leftovers(tmp_path) == []
+
+
+@dataclass(frozen=True)
+class WorkerKilled(ntu.Ntu60Source):
+    """The worker reading the fifth file dies at once, as one killed by the OOM killer would."""
+
+    def read(self, path: Path):
+        if path.name.startswith("S002"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().read(path)
+
+
+def test_a_killed_worker_ends_the_run_with_a_clear_error(real, tmp_path):
+    with pytest.raises(MMCLError, match="worker process died.*nothing was written"):
+        prepare_dataset(WorkerKilled(), real, tmp_path / "ds", workers=2, progress=False)
+    assert _leftovers(tmp_path) == []
 
 
 def test_an_error_in_the_extras_step_with_workers_leaves_nothing(real, tmp_path):

@@ -49,6 +49,11 @@ from mmcl.data.store import Sample
 from mmcl.errors import MMCLError
 from mmcl.graphs import NTU, Layout
 
+try:  # the compiled reader (setup.py builds it; without a C compiler the NumPy reader runs)
+    from mmcl.data import _ntuparse
+except ImportError:  # pragma: no cover - depends on the build
+    _ntuparse = None
+
 NUM_JOINTS = 25
 JOINT_FIELDS = 12  # x y z depthX depthY colorX colorY orientationW X Y Z trackingState
 BODY_FIELDS = 10  # bodyID clippedEdges handLeft(Confidence,State) handRight(..) isRestricted leanX leanY trackingState
@@ -118,12 +123,35 @@ _LATER = np.ascontiguousarray(_TOKEN_MASKS[:, 2:]).view(f"V{_W}").ravel()  # gat
 _NEEDED = (0, 1, 2, 5, 6)  # x y z colorX colorY
 
 
-def parse_skeleton(data: bytes, source: str = "<bytes>") -> RawSkeleton:
+def parse_skeleton(data: bytes, source: str = "<bytes>", *, native: bool = True) -> RawSkeleton:
     """Parse the text of a Kinect v2 ``.skeleton`` file.
 
     Raises :class:`SampleError` naming ``source``, the 1-based line number and the reason for a
     truncated or malformed file, or for counts that do not match the lines that follow.
+
+    Well-formed files go through the compiled reader ``mmcl.data._ntuparse`` when it is built
+    (``native=False`` skips it); it gives the same arrays, and it hands anything unusual (and
+    every malformed file) back to the NumPy reader below.
     """
+    fast = _ntuparse.parse(data) if native and _ntuparse is not None else None
+    if fast is not None:
+        declared, dropped, ids, bodies, frames, joints, colors = fast
+        inst_body = np.frombuffer(bodies, np.int64)
+        return RawSkeleton(
+            source=source,
+            declared_frames=declared,
+            dropped=dropped,
+            body_ids=[b.decode("ascii", "replace") for b in ids],
+            inst_body=inst_body,
+            inst_frame=np.frombuffer(frames, np.int64),
+            joints=np.frombuffer(joints, np.float32).reshape(len(inst_body), NUM_JOINTS, 3),
+            colors=np.frombuffer(colors, np.float32).reshape(len(inst_body), NUM_JOINTS, 2),
+        )
+    return _parse_skeleton_numpy(data, source)
+
+
+def _parse_skeleton_numpy(data: bytes, source: str) -> RawSkeleton:
+    """:func:`parse_skeleton` in Python and NumPy: any file, with the line-numbered errors."""
     buf = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(buf == 10)
     starts = np.empty(len(newlines) + 1, np.int64)
@@ -279,7 +307,8 @@ def _parse_joint_lines(
         values[lo:hi], good[lo:hi] = _parse_line_block(buf, ls[lo:hi], le[lo:hi])
     for i in np.flatnonzero(~good).tolist():
         values[i] = _parse_joint_line(data[ls[i] : le[i]], int(lines[i]), source)
-    values = values.astype(np.float32)
+    with np.errstate(over="ignore"):  # too large for float32: reported just below
+        values = values.astype(np.float32)
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])

@@ -24,6 +24,8 @@ import sys
 import time
 import zipfile
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -181,14 +183,26 @@ def _read_one(source: DatasetSource, path: Path) -> tuple[Path, Sample | None, s
 
 
 def _read_all(source: DatasetSource, tasks: list[Path], workers: int) -> Iterator[tuple[Path, Sample | None, str]]:
-    """Results in task order; ``workers`` processes (1: this process)."""
+    """Results in task order; ``workers`` processes (1: this process).
+
+    A worker that dies (killed, out of memory) ends the run with an error instead of leaving it
+    waiting forever for the files that worker held, as ``multiprocessing.Pool`` would.
+    """
     read = functools.partial(_read_one, source)
     if workers <= 1 or len(tasks) < 2:
         yield from map(read, tasks)
         return
     chunk = max(1, min(32, len(tasks) // (workers * 16)))
-    with mp.get_context().Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
-        yield from pool.imap(read, tasks, chunksize=chunk)
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context(), initializer=_init_worker)
+    try:
+        yield from pool.map(read, tasks, chunksize=chunk)
+    except BrokenProcessPool:
+        raise MMCLError(
+            "a prepare worker process died (killed, or out of memory?) while reading the raw files; "
+            "nothing was written. Run the command again, with fewer --workers if memory is short"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error: drop the queued files
 
 
 def _init_worker() -> None:
