@@ -8,7 +8,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.mmcl-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# (re)install when the project's metadata or the compiled reader's source changed, or the built
+# reader is gone (an editable install builds mmcl/data/_ntuparse*.so next to its source)
+built=$(ls mmcl/data/_ntuparse*.so 2>/dev/null | head -1 || true)
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ mmcl/data/_ntuparse.c -nt "$stamp" ] || { [ -z "$built" ] && command -v cc >/dev/null; }; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"

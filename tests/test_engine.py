@@ -204,6 +204,22 @@ def test_run_directory_follows_the_contract(mmcl_run, toy):
     assert "top-1" in report and "raise right" in report
 
 
+def test_tensorboard_gets_the_metrics(mmcl_run):
+    """With tensorboard installed (the test extra), Accelerate's tracker logs what metrics.jsonl holds."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e .[test])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folders = sorted({p.parent for p in mmcl_run.rglob("events.out.tfevents.*")})
+    assert folders, f"no TensorBoard event file under {mmcl_run}"
+    logs = [EventAccumulator(str(folder)).Reload() for folder in folders]  # scalars; hparams in a subfolder
+    log = max(logs, key=lambda one: len(one.Tags()["scalars"]))
+    scalars = log.Tags()["scalars"]
+    assert {"step/loss", "step/contrastive", "epoch/train_loss", "epoch/test_top1"} <= set(scalars), scalars
+    records = [json.loads(line) for line in (mmcl_run / "metrics.jsonl").read_text().splitlines()]
+    tested = [r["test_top1"] for r in records if r["kind"] == "epoch"]
+    assert [e.value for e in log.Scalars("epoch/test_top1")] == pytest.approx(tested)
+
+
 def test_mmcl_test_reproduces_the_run_scores(mmcl_run, toy, tmp_path):
     out = tmp_path / "again.npz"
     result = run_cli("test", "--weights", str(mmcl_run / "model.safetensors"), "--data", str(toy),
