@@ -7,7 +7,10 @@ with DatasetWriter, real JPEG strips in ``<dataset>/rgb/``, real Accelerate trai
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +159,34 @@ def test_end_to_end_needs_an_encoder(setup):
     cfg = load_config(setup["config"], ["features.image_encoder=null"])
     with pytest.raises(MMCLError, match="features.image_encoder is null"):
         build.build_data(cfg)
+
+
+def test_end_to_end_under_two_process_ddp_and_bf16(setup):
+    """The trained encoder under real DDP (two gloo processes on CPU) with bf16 autocast: every
+    parameter that gets a gradient is reduced (a ViT pooler that gets none must not stall DDP),
+    the loss stays finite and the encoder trains with fp32 master weights."""
+    run = setup["tmp"] / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "bf16", "--dynamo_backend", "no", "--main_process_port", "29541",
+         "-m", "mmcl", "train", "--config", str(setup["config"]), "--output-dir", str(run),
+         "--set", "schedule.epochs=2", "--set", "train.batch_size=2"],
+        cwd=setup["tmp"], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    session = json.loads((run / "run.json").read_text())["sessions"][0]
+    assert session["num_processes"] == 2 and session["global_batch"] == 4
+    assert session["mixed_precision"] == "bf16"
+    steps = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    assert len(steps) == 4 and all(np.isfinite(r["loss"]) and r["contrastive"] > 0 for r in steps)
+    # the checkpoint (rank 0's weights) moved the encoder away from its start
+    from mmcl.models.vision import load_image_encoder
+
+    before = load_image_encoder(str(setup["vit"])).model.state_dict()
+    trained = load_file(str(list_checkpoints(run)[2] / "model.safetensors"))
+    key = "rgb_encoder.model.embeddings.patch_embeddings.projection.weight"
+    assert trained[key].dtype == torch.float32  # fp32 master weights under autocast
+    assert not torch.equal(trained[key], before["embeddings.patch_embeddings.projection.weight"])
+    assert (list_checkpoints(run)[2] / "random_states_1.pkl").is_file()  # rank 1 ran
