@@ -137,21 +137,27 @@ def parse_skeleton(data: bytes, source: str = "<bytes>", *, native: bool = True)
     if fast is not None:
         declared, dropped, ids, bodies, frames, joints, colors = fast
         inst_body = np.frombuffer(bodies, np.int64)
-        return RawSkeleton(
-            source=source,
-            declared_frames=declared,
-            dropped=dropped,
-            body_ids=[b.decode("ascii", "replace") for b in ids],
-            inst_body=inst_body,
-            inst_frame=np.frombuffer(frames, np.int64),
-            joints=np.frombuffer(joints, np.float32).reshape(len(inst_body), NUM_JOINTS, 3),
-            colors=np.frombuffer(colors, np.float32).reshape(len(inst_body), NUM_JOINTS, 2),
-        )
-    return _parse_skeleton_numpy(data, source)
+        joints = np.frombuffer(joints, np.float32).reshape(len(inst_body), NUM_JOINTS, 3)
+        colors = np.frombuffer(colors, np.float32).reshape(len(inst_body), NUM_JOINTS, 2)
+        frames = np.frombuffer(frames, np.int64)
+    else:
+        declared, dropped, ids, inst_body, frames, joints, colors = _parse_skeleton_numpy(data, source)
+    return RawSkeleton(
+        source=source,
+        declared_frames=declared,
+        dropped=dropped,
+        body_ids=[b.decode("ascii", "replace") for b in ids],
+        inst_body=inst_body,
+        inst_frame=frames,
+        joints=joints,
+        colors=colors,
+    )
 
 
-def _parse_skeleton_numpy(data: bytes, source: str) -> RawSkeleton:
-    """:func:`parse_skeleton` in Python and NumPy: any file, with the line-numbered errors."""
+def _parse_skeleton_numpy(data: bytes, source: str):
+    """:func:`parse_skeleton`'s parts in Python and NumPy, for any file, with the line-numbered
+    errors: as the compiled reader's, but arrays (declared, dropped, distinct bodyIDs, instance
+    bodies, instance frames, joints (n, 25, 3), colors (n, 25, 2))."""
     buf = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(buf == 10)
     starts = np.empty(len(newlines) + 1, np.int64)
@@ -169,16 +175,8 @@ def _parse_skeleton_numpy(data: bytes, source: str) -> RawSkeleton:
     lines = (np.asarray(joint_first, np.int64)[:, None] + np.arange(NUM_JOINTS)).ravel()
     values = _parse_joint_lines(data, buf, starts[lines], ends[lines], lines, source)
     values = values.reshape(len(joint_first), NUM_JOINTS, len(_NEEDED))
-    return RawSkeleton(
-        source=source,
-        declared_frames=declared,
-        dropped=dropped,
-        body_ids=[b.decode("ascii", "replace") for b in body_index],
-        inst_body=inst_body,
-        inst_frame=np.asarray(frames, np.int64),
-        joints=np.ascontiguousarray(values[:, :, :3]),
-        colors=np.ascontiguousarray(values[:, :, 3:]),
-    )
+    joints, colors = np.ascontiguousarray(values[:, :, :3]), np.ascontiguousarray(values[:, :, 3:])
+    return declared, dropped, list(body_index), inst_body, np.asarray(frames, np.int64), joints, colors
 
 
 def _walk_fast(data: bytes, sl: list[int], el: list[int]):
