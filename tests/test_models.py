@@ -217,6 +217,17 @@ def test_optimized_inference_equals_eval_forward(ntu_pair):
     expected = ours(x)
     predict = optimize_for_inference(ours, chunk=2)  # 3 chunks: 2 + 2 + 1
     torch.testing.assert_close(predict(x), expected, rtol=1e-9, atol=1e-9 * expected.abs().max().item())
+    # one-actor samples: slot 2 all zero is not computed, and gives the same logits
+    x[[0, 2, 3], :, :, :, 1] = 0
+    x[4, :, :, :, 0] = 0  # an empty actor-1 slot is still run
+    expected = ours(x)
+    torch.testing.assert_close(predict(x), expected, rtol=1e-9, atol=1e-9 * expected.abs().max().item())
+    torch.testing.assert_close(predict(x[:1]), expected[:1], rtol=1e-9, atol=1e-9 * expected.abs().max().item())
+    streams_run: list[int] = []
+    backbone = predict.model.backbone
+    predict.model.backbone = lambda s: streams_run.append(s.shape[1]) or backbone(s)
+    predict(x)  # chunks of 2 samples = 4 streams, 3 of 10 streams empty (the constant is cached)
+    assert streams_run == [3, 2, 2]
     folded = fold_batchnorm(ours)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.layers.modules())
     assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ours.layers.modules())  # untouched

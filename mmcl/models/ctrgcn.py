@@ -315,16 +315,27 @@ class CTRGCN(nn.Module):
                 f"got {tuple(x.shape)}"
             )
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Input ``(N, C, T, V, M)`` -> feature map ``(N, M, C_out, T', V)`` before pooling."""
+    def embed(self, x: Tensor) -> Tensor:
+        """Input ``(N, C, T, V, M)`` -> the data-normalised person streams ``(C, N*M, T, V)``
+        (stream ``n * M + m`` is person ``m`` of sample ``n``)."""
         self._check(x)
         n, c, t, v, m = x.shape
         x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))
         # Channel-first layout (C, N*M, T, V) from here on: see the module docstring.
-        x = x.view(n, m, v, c, t).permute(3, 0, 1, 4, 2).reshape(c, n * m, t, v)
+        return x.view(n, m, v, c, t).permute(3, 0, 1, 4, 2).reshape(c, n * m, t, v)
+
+    def backbone(self, streams: Tensor) -> Tensor:
+        """Person streams ``(C, B, T, V)`` -> feature maps ``(C_out, B, T', V)``. Streams never mix
+        here (only the final pooling averages persons), so any subset of them can be run alone."""
         for layer in self.layers:
-            x = layer(x)
-        return x.view(x.shape[0], n, m, x.shape[2], v).permute(1, 2, 0, 3, 4)
+            streams = layer(streams)
+        return streams
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Input ``(N, C, T, V, M)`` -> feature map ``(N, M, C_out, T', V)`` before pooling."""
+        n, _, _, v, m = x.shape
+        y = self.backbone(self.embed(x))
+        return y.view(y.shape[0], n, m, y.shape[2], v).permute(1, 2, 0, 3, 4)
 
     def pool(self, features: Tensor) -> Tensor:
         """Feature map ``(N, M, C, T', V)`` -> skeleton feature ``(N, C)``: mean over T', V, then M."""
