@@ -89,6 +89,31 @@ def interleaved(pairs: dict[str, tuple[Callable[[], object], Callable[[], object
     return out
 
 
+def throughput(timing: dict, batch: int) -> dict:
+    """An :func:`interleaved` entry as samples/s of both sides and the speed-up."""
+    return {
+        "reference_samples_per_s": round(batch / timing["reference_s"], 2),
+        "mmcl_samples_per_s": round(batch / timing["mmcl_s"], 2),
+        "speedup": timing["speedup_median"],
+        "speedup_range": [timing["speedup_min"], timing["speedup_max"]],
+    }
+
+
+def latency(timing: dict) -> dict:
+    """An :func:`interleaved` entry at batch 1 as ms per sample of both sides and the speed-up."""
+    return {
+        "reference_ms_per_sample": round(timing["reference_s"] * 1000, 1),
+        "mmcl_ms_per_sample": round(timing["mmcl_s"] * 1000, 1),
+        "speedup": timing["speedup_median"],
+        "speedup_range": [timing["speedup_min"], timing["speedup_max"]],
+    }
+
+
+def prefixed(prefix: str, entry: dict) -> dict:
+    """``entry``'s figures under prefixed keys, without the range (for the one-actor summary)."""
+    return {prefix + k: v for k, v in entry.items() if k != "speedup_range"}
+
+
 def same_function(adjacency, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Both models on the same non-trivial weights (alpha and the 1e-6 BN scales moved off their
     init, one SGD step taken): largest logit difference in train and eval mode, and of the
@@ -206,34 +231,13 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "quick": args.quick,
-        "train_batch16": {
-            "reference_samples_per_s": round(args.train_batch / train["reference_s"], 2),
-            "mmcl_samples_per_s": round(args.train_batch / train["mmcl_s"], 2),
-            "speedup": train["speedup_median"],
-            "speedup_range": [train["speedup_min"], train["speedup_max"]],
-            "goal": 2.0,
-        },
-        "infer_batch1": {
-            "reference_ms_per_sample": round(b1["reference_s"] * 1000, 1),
-            "mmcl_ms_per_sample": round(b1["mmcl_s"] * 1000, 1),
-            "speedup": b1["speedup_median"],
-            "speedup_range": [b1["speedup_min"], b1["speedup_max"]],
-        },
-        f"infer_batch{args.infer_batch}": {
-            "reference_samples_per_s": round(args.infer_batch / b64["reference_s"], 2),
-            "mmcl_samples_per_s": round(args.infer_batch / b64["mmcl_s"], 2),
-            "speedup": b64["speedup_median"],
-            "speedup_range": [b64["speedup_min"], b64["speedup_max"]],
-            "goal": 3.0,
-        },
+        "train_batch16": {**throughput(train, args.train_batch), "goal": 2.0},
+        "infer_batch1": latency(b1),
+        f"infer_batch{args.infer_batch}": {**throughput(b64, args.infer_batch), "goal": 3.0},
         "one_actor_inference": {
             "note": "second person slot all zeros, as in most NTU60 samples; mmcl skips empty slots",
-            "batch1_reference_ms_per_sample": round(one1["reference_s"] * 1000, 1),
-            "batch1_mmcl_ms_per_sample": round(one1["mmcl_s"] * 1000, 1),
-            "batch1_speedup": one1["speedup_median"],
-            f"batch{args.infer_batch}_reference_samples_per_s": round(args.infer_batch / one64["reference_s"], 2),
-            f"batch{args.infer_batch}_mmcl_samples_per_s": round(args.infer_batch / one64["mmcl_s"], 2),
-            f"batch{args.infer_batch}_speedup": one64["speedup_median"],
+            **prefixed("batch1_", latency(one1)),
+            **prefixed(f"batch{args.infer_batch}_", throughput(one64, args.infer_batch)),
         },
         "mmcl_colearning_overhead": {
             "skeleton_only_step_s": round(over["mmcl_s"], 3),
