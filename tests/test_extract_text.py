@@ -92,7 +92,7 @@ def _opts(dataset: Path, model: Path, **kw) -> TextOptions:
     return TextOptions(**{**base, **kw})
 
 
-def _raw_blip(model_dir: Path, image_path: Path, prompt: str):
+def _raw_blip(model_dir: Path, image_path: Path, prompt: str, num_beams: int = 1):
     """The BLIP computation done by hand with plain Transformers, one image."""
     from PIL import Image
     from transformers import AutoProcessor, BlipForQuestionAnswering
@@ -101,7 +101,8 @@ def _raw_blip(model_dir: Path, image_path: Path, prompt: str):
     model = BlipForQuestionAnswering.from_pretrained(model_dir).eval()
     inputs = proc(images=Image.open(image_path).convert("RGB"), text=prompt, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=10, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(**inputs, max_new_tokens=10, num_beams=num_beams, output_logits=True,
+                             return_dict_in_generate=True)
     probs = torch.softmax(out.logits[0][0], -1)
     yes, no = proc.tokenizer.convert_tokens_to_ids(["yes", "no"])
     p = np.array([probs[yes].item(), probs[no].item()])
@@ -132,6 +133,30 @@ def test_blip_yesno_features_follow_the_contract(dataset, models, blip_yesno):
 
     with pytest.raises(MMCLError, match="already exists; pass --overwrite"):
         extract_text(_opts(dataset, models["blip"]))
+
+
+def test_beam_search_answers_match_transformers_and_keep_the_yes_no_probabilities(dataset, models, blip_yesno):
+    out = dataset / "features" / "beams.npz"
+    extract_text(_opts(dataset, models["blip"], num_beams=3, out=out))
+    f, greedy = load_features(out), load_features(blip_yesno)
+    assert f.meta["num_beams"] == 3 and greedy.meta["num_beams"] == 1
+    # P(yes)/P(no) come from the first answer token, before the beams differ
+    np.testing.assert_allclose(f.features, greedy.features, atol=1e-5)
+    lines = [json.loads(line) for line in (out.parent / "answers.jsonl").read_text().splitlines()]
+    for name in _strip_names()[::3]:
+        _, seq, answer = _raw_blip(models["blip"], dataset / "rgb" / f"{name}.jpg", YESNO[1], num_beams=3)
+        assert next(r["answer"] for r in lines
+                    if r["features"] == out.name and r["name"] == name and r["prompt"] == YESNO[1]) == answer
+
+    from PIL import Image
+
+    llava = backends.load_backend("auto", str(models["llava"]), device="cpu", dtype=torch.float32)
+    images = [Image.open(dataset / "rgb" / f"{n}.jpg").convert("RGB") for n in _strip_names()[:3]]
+    beams, plain = (llava.generate(images, YESNO[0], max_new_tokens=3, num_beams=b) for b in (2, 1))
+    assert all(len(ids) <= 3 for ids in beams.token_ids)  # the prompt is not part of the answer
+    np.testing.assert_allclose(beams.yes_no, plain.yes_no, atol=1e-5)
+    with pytest.raises(MMCLError, match="--num-beams must be at least 1"):
+        extract_text(_opts(dataset, models["blip"], num_beams=0, out=dataset / "features" / "none.npz"))
 
 
 def test_blip_tokens_are_the_upstream_three_numbers(dataset, models):

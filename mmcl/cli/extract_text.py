@@ -94,6 +94,8 @@ Examples:
 @click.option("--text-encoder", default=None, help="Sentence encoder for --feature embedding.")
 @click.option("--token-length", default=3, show_default=True, type=int, help="Ids kept for --feature tokens.")
 @click.option("--max-new-tokens", default=None, type=int, help="Answer length cap [10 for yes/no prompts, else 48].")
+@click.option("--num-beams", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Beam search width for the answers (1: greedy). BLIP's released VQA code uses 3.")
 @click.option("--batch-size", default=16, show_default=True, type=int, help="Images per generate call.")
 @click.option("--workers", default=2, show_default=True, type=int, help="Image-loading worker processes.")
 @click.option("--flush-every", default=256, show_default=True, type=int, help="Samples between partial saves.")
@@ -110,8 +112,8 @@ Examples:
 @click.option("--restart", is_flag=True, help="Discard partial results of an interrupted run.")
 def extract_text(data: Path, llm: str, model: str | None, prompts: tuple[str, ...], prompt_set: str | None,
                  pairs: tuple[str, ...], feature: str, text_encoder: str | None, token_length: int,
-                 max_new_tokens: int | None, batch_size: int, workers: int, flush_every: int, dtype: str,
-                 device_map: str | None, trust_remote_code: bool, allow_download: bool, image_features: bool,
+                 max_new_tokens: int | None, num_beams: int, batch_size: int, workers: int, flush_every: int,
+                 dtype: str, device_map: str | None, trust_remote_code: bool, allow_download: bool, image_features: bool,
                  image_encoder: str | None, out: Path | None, overwrite: bool, restart: bool) -> None:
     from tabulate import tabulate
 
@@ -130,8 +132,8 @@ def extract_text(data: Path, llm: str, model: str | None, prompts: tuple[str, ..
         opts = extract.TextOptions(
             data=data, llm=llm, model=model, prompts=resolve_prompts(prompts, prompt_set, pairs), feature=feature,
             text_encoder=text_encoder, token_length=token_length, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, workers=workers, flush_every=flush_every, dtype=dtype, device_map=device_map,
-            trust_remote_code=trust_remote_code, allow_download=allow_download, out=out, overwrite=overwrite,
+            num_beams=num_beams, batch_size=batch_size, workers=workers, flush_every=flush_every, dtype=dtype,
+            device_map=device_map,            trust_remote_code=trust_remote_code, allow_download=allow_download, out=out, overwrite=overwrite,
             restart=restart)
         result = extract.extract_text(opts)
     if not result.main:

@@ -114,13 +114,17 @@ class VisionLanguageModel:
 
     # -- shared ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, images: Sequence[Any], prompt: str, *, max_new_tokens: int) -> Generation:
+    def generate(self, images: Sequence[Any], prompt: str, *, max_new_tokens: int, num_beams: int = 1) -> Generation:
+        """Answer ``prompt`` about each image: greedy decoding, or beam search with ``num_beams``
+        beams. The yes/no probabilities come from the first answer token's distribution, which
+        does not depend on the number of beams."""
         inputs = self._inputs(images, prompt)
         extra = {} if self.name == "blip" else {"pad_token_id": self.pad_id}  # BLIP sets its own
         out = self.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
             output_logits=True, return_dict_in_generate=True, **extra,
         )
+        first = out.logits[0][::num_beams]  # beams are laid out sample by sample; at step 1 they agree
         seq = out.sequences
         prompt_ids = inputs.get("input_ids")
         if prompt_ids is not None and seq.shape[1] >= prompt_ids.shape[1] and torch.equal(
@@ -129,7 +133,7 @@ class VisionLanguageModel:
             seq = seq[:, prompt_ids.shape[1]:]  # decoder-only models return the prompt too
         token_ids = [_strip_padding(row.tolist(), self.pad_id) for row in seq]
         answers = [a.strip() for a in self.tokenizer.batch_decode(seq, skip_special_tokens=True)]
-        return Generation(answers, token_ids, self._yes_no(out.logits[0]))
+        return Generation(answers, token_ids, self._yes_no(first))
 
     def _yes_no(self, logits: torch.Tensor) -> np.ndarray:
         yes, no = self.yes_no_ids()

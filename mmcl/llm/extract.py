@@ -54,6 +54,7 @@ class TextOptions:
     text_encoder: str | None = None
     token_length: int = 3
     max_new_tokens: int | None = None  # default: 10 for yes/no prompts, else 48
+    num_beams: int = 1  # 1: greedy; BLIP's released VQA code decodes with 3
     batch_size: int = 16
     workers: int = 2
     flush_every: int = 256
@@ -145,8 +146,8 @@ def extract_text(opts: TextOptions) -> ExtractResult:
                     "; ".join(p for p in opts.prompts if not is_yes_no(p)))
     if opts.text_encoder and feature != "embedding":
         raise MMCLError(f"--text-encoder only applies to --feature embedding (this run extracts {feature})")
-    if opts.token_length < 1 or opts.batch_size < 1 or opts.flush_every < 1:
-        raise MMCLError("--token-length, --batch-size and --flush-every must be at least 1")
+    if opts.token_length < 1 or opts.batch_size < 1 or opts.flush_every < 1 or opts.num_beams < 1:
+        raise MMCLError("--token-length, --batch-size, --flush-every and --num-beams must be at least 1")
     max_new = opts.max_new_tokens or (10 if all(is_yes_no(p) for p in opts.prompts) else 48)
     if feature == "tokens":
         max_new = max(max_new, opts.token_length)
@@ -169,7 +170,7 @@ def extract_text(opts: TextOptions) -> ExtractResult:
     def process(batch_names: list[str], images: list[Any]) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
         parts, records = [], [[] for _ in batch_names]
         for prompt in opts.prompts:
-            gen = backend.generate(images, prompt, max_new_tokens=max_new)
+            gen = backend.generate(images, prompt, max_new_tokens=max_new, num_beams=opts.num_beams)
             if feature == "yesno":
                 parts.append(gen.yes_no)
             elif feature == "tokens":
@@ -185,7 +186,8 @@ def extract_text(opts: TextOptions) -> ExtractResult:
     model_name = opts.model or backend.model_id
     settings = {"kind": "text", "llm": opts.llm, "model": str(model_name), "prompts": list(opts.prompts),
                 "feature": feature, "token_length": opts.token_length if feature == "tokens" else None,
-                "text_encoder": opts.text_encoder, "max_new_tokens": max_new, "dtype": str(dtype)}
+                "text_encoder": opts.text_encoder, "max_new_tokens": max_new, "num_beams": opts.num_beams,
+                "dtype": str(dtype)}
     meta = {**settings, "layout": _layout(feature, len(opts.prompts)), "missing_strips": len(missing),
             "missing_strip_names": missing[:100], "source": "mmcl extract-text"}
 
