@@ -113,8 +113,9 @@ Examples:
 def extract_text(data: Path, llm: str, model: str | None, prompts: tuple[str, ...], prompt_set: str | None,
                  pairs: tuple[str, ...], feature: str, text_encoder: str | None, token_length: int,
                  max_new_tokens: int | None, num_beams: int, batch_size: int, workers: int, flush_every: int,
-                 dtype: str, device_map: str | None, trust_remote_code: bool, allow_download: bool, image_features: bool,
-                 image_encoder: str | None, out: Path | None, overwrite: bool, restart: bool) -> None:
+                 dtype: str, device_map: str | None, trust_remote_code: bool, allow_download: bool,
+                 image_features: bool, image_encoder: str | None, out: Path | None, overwrite: bool,
+                 restart: bool) -> None:
     from tabulate import tabulate
 
     from mmcl.llm import extract
@@ -133,8 +134,8 @@ def extract_text(data: Path, llm: str, model: str | None, prompts: tuple[str, ..
             data=data, llm=llm, model=model, prompts=resolve_prompts(prompts, prompt_set, pairs), feature=feature,
             text_encoder=text_encoder, token_length=token_length, max_new_tokens=max_new_tokens,
             num_beams=num_beams, batch_size=batch_size, workers=workers, flush_every=flush_every, dtype=dtype,
-            device_map=device_map,            trust_remote_code=trust_remote_code, allow_download=allow_download, out=out, overwrite=overwrite,
-            restart=restart)
+            device_map=device_map, trust_remote_code=trust_remote_code, allow_download=allow_download, out=out,
+            overwrite=overwrite, restart=restart)
         result = extract.extract_text(opts)
     if not result.main:
         return

@@ -114,7 +114,9 @@ class VisionLanguageModel:
 
     # -- shared ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, images: Sequence[Any], prompt: str, *, max_new_tokens: int, num_beams: int = 1) -> Generation:
+    def generate(
+        self, images: Sequence[Any], prompt: str, *, max_new_tokens: int, num_beams: int = 1
+    ) -> Generation:
         """Answer ``prompt`` about each image: greedy decoding, or beam search with ``num_beams``
         beams. The yes/no probabilities come from the first answer token's distribution, which
         does not depend on the number of beams."""
