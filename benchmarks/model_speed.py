@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rounds = {"train": 2, "mmcl": 2, "b1": 4, "b64": 1} if args.quick else {"train": 5, "mmcl": 5, "b1": 10, "b64": 3}
+    rounds = {"train": 2, "mmcl": 4, "b1": 4, "b64": 1} if args.quick else {"train": 5, "mmcl": 5, "b1": 10, "b64": 3}
     torch.manual_seed(0)
     adjacency = get_layout("ntu").adjacency()
 
