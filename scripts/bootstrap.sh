@@ -8,11 +8,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.mmcl-installed
-# (re)install when the project's metadata or the compiled reader's source changed, or the built
-# reader is gone (an editable install builds mmcl/data/_ntuparse*.so next to its source)
-built=$(ls mmcl/data/_ntuparse*.so 2>/dev/null | head -1 || true)
+# (re)install when the project's metadata or the compiled reader's source changed (an editable
+# install builds mmcl/data/_ntuparse*.so next to its source; without a compiler it is skipped
+# and the NumPy reader runs, so a missing .so alone is no reason to reinstall on every run)
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ mmcl/data/_ntuparse.c -nt "$stamp" ] || { [ -z "$built" ] && command -v cc >/dev/null; }; then
+   || [ mmcl/data/_ntuparse.c -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
