@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rounds = {"train": 2, "mmcl": 4, "b1": 4, "b64": 1} if args.quick else {"train": 5, "mmcl": 5, "b1": 10, "b64": 3}
+    rounds = {"train": 2, "mmcl": 4, "b1": 4, "b64": 2} if args.quick else {"train": 5, "mmcl": 5, "b1": 10, "b64": 3}
     torch.manual_seed(0)
     adjacency = get_layout("ntu").adjacency()
 
@@ -197,15 +197,17 @@ def main() -> None:
     infer = interleaved(
         {
             "infer_batch1": (lambda: ref_infer(x1), lambda: fast(x1)),
-            f"infer_batch{args.infer_batch}": (lambda: ref_infer(x64), lambda: fast(x64)),
+            "one_actor_batch1": (lambda: ref_infer(x1_one), lambda: fast(x1_one)),
         },
         rounds["b1"],
-    ) if args.quick else {}
-    if not args.quick:
-        infer.update(interleaved({"infer_batch1": (lambda: ref_infer(x1), lambda: fast(x1))}, rounds["b1"]))
-        infer.update(interleaved({f"infer_batch{args.infer_batch}": (lambda: ref_infer(x64), lambda: fast(x64))}, rounds["b64"]))
-    infer.update(interleaved({"one_actor_batch1": (lambda: ref_infer(x1_one), lambda: fast(x1_one))}, rounds["b1"]))
-    infer.update(interleaved({"one_actor_batch64": (lambda: ref_infer(x64_one), lambda: fast(x64_one))}, rounds["b64"]))
+    )
+    infer.update(interleaved(
+        {
+            f"infer_batch{args.infer_batch}": (lambda: ref_infer(x64), lambda: fast(x64)),
+            "one_actor_batch64": (lambda: ref_infer(x64_one), lambda: fast(x64_one)),
+        },
+        rounds["b64"],
+    ))
     b1, b64 = infer["infer_batch1"], infer[f"infer_batch{args.infer_batch}"]
     one1, one64 = infer["one_actor_batch1"], infer["one_actor_batch64"]
 
