@@ -27,6 +27,7 @@ from mmcl.data.features import save_features
 from mmcl.data.store import DatasetWriter, Sample
 from mmcl.engine import build
 from mmcl.engine.checkpoint import list_checkpoints
+from mmcl.engine.evaluate import evaluate_weights
 from mmcl.errors import MMCLError
 from mmcl.graphs import Layout
 from mmcl.scores import load_scores
@@ -334,6 +335,13 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(toy, tmp_pat
     assert sorted(scores.names.tolist()) == [f"s{i:03d}" for i in range(16, 27)]
     epochs = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["test_samples"] for r in epochs if r["kind"] == "epoch"] == [11, 11]
+    # both processes scored their shard with rank 0's BatchNorm statistics, those of the exported
+    # model: `mmcl test` on it gives the same scores for every sample
+    again = evaluate_weights(tmp_path / "ddp" / "model.safetensors", toy, "xsub", tmp_path / "again.npz", device="cpu")
+    assert again.metrics.num_samples == 11
+    retested = load_scores(tmp_path / "again.npz")
+    order = {n: i for i, n in enumerate(scores.names)}
+    np.testing.assert_allclose(retested.scores, scores.scores[[order[n] for n in retested.names]], rtol=1e-4, atol=1e-5)
 
     a = weights(tmp_path / "ddp" / "checkpoints" / "epoch_2" / "model.safetensors")
     b = weights(tmp_path / "accum" / "checkpoints" / "epoch_2" / "model.safetensors")
