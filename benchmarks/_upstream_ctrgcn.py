@@ -164,12 +164,15 @@ class UpstreamCTRGCN(nn.Module):
         bn_init(self.data_bn, 1)
         self.drop_out = nn.Dropout(dropout) if dropout else nn.Identity()
 
-    def forward(self, x):
+    def pooled(self, x):
+        """The skeleton feature (N, 256): mean over time and joints, then persons."""
         n, c, t, v, m = x.shape
         x = x.permute(0, 4, 3, 1, 2).contiguous().view(n, m * v * c, t)
         x = self.data_bn(x)
         x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).contiguous().view(n * m, c, t, v)
         for layer in (self.l1, self.l2, self.l3, self.l4, self.l5, self.l6, self.l7, self.l8, self.l9, self.l10):
             x = layer(x)
-        x = x.view(n, m, x.size(1), -1).mean(3).mean(1)
-        return self.fc(self.drop_out(x))
+        return x.view(n, m, x.size(1), -1).mean(3).mean(1)
+
+    def forward(self, x):
+        return self.fc(self.drop_out(self.pooled(x)))

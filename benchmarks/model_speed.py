@@ -9,6 +9,10 @@ Prints ONE JSON object. NTU shape: 64 frames, 25 joints, 2 persons, 120 classes.
   all zeros, as in most NTU RGB+D 60 samples);
 * MMCL co-learning overhead: a training step with FAM + FRM on cached features (RGB 512-d,
   text 768-d) against the skeleton-only step;
+* the MMCL training step against the upstream MMCL one: the reference CTR-GCN plus a trainable
+  Inception-v3 on one 299x299 RGB image per sample (the upstream RGB branch; its strips are at
+  least this large, so this is the cheapest it can be) and the same FAM + FRM heads, versus
+  mmcl's step on cached 2048-d RGB features;
 * the logits of both models on the same weights (they compute the same function).
 
 Reference and mmcl runs alternate round by round and the JSON reports per-round ratios (median),
@@ -19,6 +23,12 @@ slows every operation down.
     python benchmarks/model_speed.py            # ~3 minutes on 2 cores
     python benchmarks/model_speed.py --quick    # ~1 minute
     python benchmarks/model_speed.py --threads 1
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=4294967296 python benchmarks/model_speed.py
+
+Both models share this process and so its memory allocator: glibc's default, or freed memory
+kept for reuse with the variables above. ``benchmarks/allocator.py`` compares each side under
+each setting in separate processes: the reference's batch-64 pass is dominated by page faults
+under the default.
 """
 
 from __future__ import annotations
@@ -37,11 +47,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _upstream_ctrgcn import UpstreamCTRGCN  # noqa: E402
+from _upstream_inception import InceptionV3  # noqa: E402
 
 from mmcl.graphs import get_layout  # noqa: E402
 from mmcl.models import CTRGCN, MMCLModel, bf16_is_fast, load_upstream_state_dict, optimize_for_inference  # noqa: E402
+from mmcl.models.heads import FAM, FRM  # noqa: E402
 
 CLASSES, FRAMES, JOINTS, PERSONS = 120, 64, 25, 2
+TEXT_DIM, RGB_IMAGE = 768, 299
+INCEPTION_PARAMETERS = 27_161_264  # torchvision's inception_v3(aux_logits=True), 1000 classes
 
 
 def log(msg: str) -> None:
@@ -114,6 +128,28 @@ def prefixed(prefix: str, entry: dict) -> dict:
     return {prefix + k: v for k, v in entry.items() if k != "speedup_range"}
 
 
+class UpstreamMMCL(torch.nn.Module):
+    """The upstream MMCL training model: CTR-GCN, a trainable Inception-v3 on the RGB image, FAM
+    on its 2048-d feature and FRM on a cached text feature."""
+
+    def __init__(self, adjacency) -> None:
+        super().__init__()
+        self.skeleton = UpstreamCTRGCN(CLASSES, adjacency)
+        self.rgb = InceptionV3(aux_logits=False)
+        self.fam = FAM(InceptionV3.feature_dim)
+        self.frm = FRM(TEXT_DIM, CLASSES)
+
+    def loss(self, x: torch.Tensor, image: torch.Tensor, text: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pooled = self.skeleton.pooled(x)
+        logits = self.skeleton.fc(pooled)
+        embedding = self.fam(self.rgb(image)[0])
+        return (
+            F.cross_entropy(logits, y)
+            + 0.2 * F.cross_entropy(self.frm(logits, text), y)
+            + 0.1 * self.fam.loss(pooled, embedding)
+        )
+
+
 def same_function(adjacency, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Both models on the same non-trivial weights (alpha and the 1e-6 BN scales moved off their
     init, one SGD step taken): largest logit difference in train and eval mode, and of the
@@ -160,7 +196,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rounds = {"train": 2, "mmcl": 4, "b1": 4, "b64": 2} if args.quick else {"train": 5, "mmcl": 5, "b1": 10, "b64": 3}
+    rounds = (
+        {"train": 2, "mmcl": 4, "b1": 4, "b64": 2, "upstream_mmcl": 1}
+        if args.quick
+        else {"train": 5, "mmcl": 5, "b1": 10, "b64": 3, "upstream_mmcl": 3}
+    )
     torch.manual_seed(0)
     adjacency = get_layout("ntu").adjacency()
 
@@ -221,6 +261,19 @@ def main() -> None:
     mmcl_step = train_step(colearn, sgd(colearn), lambda: colearn.losses(colearn(x_train, rgb, text), y_train)["total"])
     over = interleaved({"mmcl_overhead": (mmcl_step, plain_step)}, rounds["mmcl"])["mmcl_overhead"]
 
+    # The whole MMCL training step against upstream's, which trains Inception-v3 on every step.
+    if sum(p.numel() for p in InceptionV3().parameters()) != INCEPTION_PARAMETERS:
+        raise SystemExit("benchmarks/_upstream_inception.py does not have Inception-v3's parameter count")
+    upstream = UpstreamMMCL(adjacency).train()
+    images = torch.randn(args.train_batch, 3, RGB_IMAGE, RGB_IMAGE, generator=g)
+    rgb_cached = torch.randn(args.train_batch, InceptionV3.feature_dim, generator=g)
+    colearn_2048 = MMCLModel(CTRGCN(CLASSES, adjacency), rgb_dim=InceptionV3.feature_dim, text_dim=TEXT_DIM).train()
+    upstream_step = train_step(upstream, sgd(upstream), lambda: upstream.loss(x_train, images, text, y_train))
+    cached_step = train_step(
+        colearn_2048, sgd(colearn_2048), lambda: colearn_2048.losses(colearn_2048(x_train, rgb_cached, text), y_train)["total"]
+    )
+    vs_upstream = interleaved({"mmcl_step": (upstream_step, cached_step)}, rounds["upstream_mmcl"])["mmcl_step"]
+
     result = {
         "benchmark": "model_speed",
         "shape": {"frames": FRAMES, "joints": JOINTS, "persons": PERSONS, "classes": CLASSES},
@@ -230,6 +283,7 @@ def main() -> None:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "bf16_native": bf16_is_fast(),
             "load_average_1min": round(os.getloadavg()[0], 2),
+            "malloc_mmap_max": os.environ.get("MALLOC_MMAP_MAX_", "glibc default"),
             "torch": torch.__version__,
         },
         "quick": args.quick,
@@ -246,6 +300,11 @@ def main() -> None:
             "mmcl_step_s": round(over["reference_s"], 3),
             "overhead_percent": round((over["speedup_median"] - 1) * 100, 1),
             "goal_percent": 15.0,
+        },
+        "mmcl_step_vs_upstream_mmcl": {
+            "note": f"upstream: CTR-GCN + trainable Inception-v3 on a {RGB_IMAGE}x{RGB_IMAGE} image per sample "
+            "+ FAM + FRM; mmcl: FAM on cached 2048-d features + FRM",
+            **throughput(vs_upstream, args.train_batch),
         },
         "same_function": agreement,
     }
