@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mmcl.models.ctrgcn as ctrgcn_module
 from mmcl.errors import MMCLError
 from mmcl.graphs import get_layout
 from mmcl.models import (
@@ -160,7 +161,11 @@ def test_initialisation_follows_upstream():
     assert torch.all(model.fc.bias == 0)
 
 
-def test_fused_model_equals_reference_forward_and_backward(ntu_pair):
+@pytest.mark.parametrize("per_subset", [False, True], ids=["stacked-subsets", "per-subset-tensors"])
+def test_fused_model_equals_reference_forward_and_backward(ntu_pair, per_subset, monkeypatch):
+    # Both ways of holding the spatial unit's subsets: stacked (small batches) and one tensor
+    # per subset (when stacked they would exceed FRESH_MAP_BYTES, as at batch 16).
+    monkeypatch.setattr(ctrgcn_module, "FRESH_MAP_BYTES", 0 if per_subset else 2**62)
     ref, ours = ntu_pair
     x = torch.randn(2, 3, T, 25, 2, dtype=torch.float64)
     labels = torch.tensor([3, 77])

@@ -16,7 +16,8 @@ checks outputs and gradients against a plain implementation with the same weight
   each channel contiguously, and the graph product is a batched product of contiguous
   ``(T, V) @ (V, U)`` matrices.
 * The three CTRGC subsets share one value GEMM (``conv3`` of all subsets, ``3*C`` rows) and one
-  relation GEMM (``conv1``/``conv2`` of all subsets).
+  relation GEMM (``conv1``/``conv2`` of all subsets); ``conv3`` and the relations are computed per
+  subset instead when the stacked tensor would exceed ``FRESH_MAP_BYTES`` (see there).
 * ``conv1``/``conv2`` run on the time-averaged input: they are affine, so
   ``mean_t(conv(x)) == conv(mean_t(x))``, a pass over all frames saved.
 * ``alpha * conv4(tanh(x1 - x2)) + A`` is a single GEMM: conv4's weight (times alpha) gets two
@@ -60,6 +61,12 @@ _UNITS = (
 )
 TEMPORAL_KERNEL = 5
 DILATIONS = (1, 2)
+# glibc's malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap and
+# unmaps it on free, so the kernel page-faults and zero-fills it again on every allocation. The
+# spatial unit keeps its per-subset tensors apart when stacking them would cross this size: at
+# batch 16 with two actors the stacked conv3 output is 39 MB and the stacked relation 61 MB,
+# which cost about 1 GB of fresh pages and 0.8 s of kernel time per training step on 2 cores.
+FRESH_MAP_BYTES = 32 * 2**20
 
 
 def _kaiming_fan_out_(weight: Tensor, fan_out: int) -> None:
@@ -112,35 +119,37 @@ def _max_pool_time(x: Tensor, stride: int) -> Tensor:
 
 
 class _GraphProduct(torch.autograd.Function):
-    """``y[cb] = sum_s value[s, cb] @ rel_t[s, cb]``: the subsets' graph products, summed.
+    """``y[cb] = sum_s value_s[cb] @ rel_t_s[cb]``: the subsets' graph products, summed.
 
-    Written out so the backward fills each subset's gradient in place, without the zero-filled
-    full-size buffers that indexing or ``sum`` would cost in autograd.
+    Takes the S values ``(CB, T, V)`` and S relations ``(CB, V, U)`` as separate tensors (see
+    :meth:`SpatialUnit.forward`). Written out so the backward fills each subset's gradient
+    without the zero-filled full-size buffers that indexing or ``sum`` would cost in autograd.
     """
 
     @staticmethod
-    def forward(ctx, value: Tensor, rel_t: Tensor) -> Tensor:  # (S, CB, T, V), (S, CB, V, U)
-        rel_t = rel_t.to(value.dtype)
-        ctx.save_for_backward(value, rel_t)
-        y = torch.bmm(value[0], rel_t[0])
-        for i in range(1, value.shape[0]):
-            y.baddbmm_(value[i], rel_t[i])
+    def forward(ctx, subsets: int, *tensors: Tensor) -> Tensor:
+        values, rels = tensors[:subsets], [r.to(tensors[0].dtype) for r in tensors[subsets:]]
+        ctx.subsets = subsets
+        ctx.save_for_backward(*values, *rels)
+        y = torch.bmm(values[0], rels[0])
+        for value, rel in zip(values[1:], rels[1:]):
+            y.baddbmm_(value, rel)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        value, rel_t = ctx.saved_tensors
-        grad = grad.to(value.dtype)
-        grad_value = grad_rel = None
-        if ctx.needs_input_grad[0]:
-            grad_value = torch.empty_like(value)
-            for i in range(value.shape[0]):
-                torch.bmm(grad, rel_t[i].transpose(1, 2), out=grad_value[i])
-        if ctx.needs_input_grad[1]:
-            grad_rel = torch.empty_like(rel_t)
-            for i in range(value.shape[0]):
-                torch.bmm(value[i].transpose(1, 2), grad, out=grad_rel[i])
-        return grad_value, grad_rel
+        s = ctx.subsets
+        saved = ctx.saved_tensors
+        values, rels = saved[:s], saved[s:]
+        grad = grad.to(values[0].dtype)
+        grad_values: list[Tensor | None] = [None] * s
+        grad_rels: list[Tensor | None] = [None] * s
+        for i in range(s):
+            if ctx.needs_input_grad[1 + s + i]:
+                grad_rels[i] = torch.bmm(values[i].transpose(1, 2), grad)
+            if ctx.needs_input_grad[1 + i]:
+                grad_values[i] = torch.bmm(grad, rels[i].transpose(1, 2))
+        return (None, *grad_values, *grad_rels)
 
 
 class SpatialUnit(nn.Module):
@@ -173,16 +182,17 @@ class SpatialUnit(nn.Module):
         _kaiming_fan_out_(self.expand_weight, out_channels)
         _bn_init(self.bn, 1e-6)
 
-    def relation(self, x: Tensor) -> Tensor:
-        """Transposed per-channel adjacency ``(alpha * conv4(tanh(x1 - x2)) + A)^T``: (S, C, B, V, U)."""
+    def relation(self, x: Tensor) -> list[Tensor]:
+        """Per subset, the transposed per-channel adjacency ``(alpha * conv4(tanh(x1 - x2)) + A)^T``,
+        each ``(C, B, V, U)``."""
         cin, b, _, v = x.shape
         s, r, c = self.subsets, self.rel_channels, self.out_channels
         # conv1/conv2 are affine, so they commute with the mean over time: pool first.
         q = torch.addmm(self.rel_bias.unsqueeze(1), self.rel_weight, x.mean(2).view(cin, b * v))
         q = q.view(2, s, r, b, v)
         diff = torch.tanh(q[0].unsqueeze(-2) - q[1].unsqueeze(-1))  # [s, r, b, v, u] = tanh(x1[u] - x2[v])
-        # One GEMM gives alpha * conv4(diff) + A: conv4's weight (times alpha) is extended with two
-        # columns, alpha * bias and 1, and diff with two rows, 1 and A (transposed, per sample).
+        # One GEMM per subset gives alpha * conv4(diff) + A: conv4's weight (times alpha) is extended
+        # with two columns, alpha * bias and 1, and diff with two rows, 1 and A (transposed, per sample).
         pa = self.PA.transpose(1, 2).reshape(s, 1, 1, v * v).expand(s, 1, b, v * v)
         ones = diff.new_ones(s, 1, b * v * v)
         rows = torch.cat([diff.reshape(s, r, b * v * v), ones, pa.reshape(s, 1, b * v * v)], dim=1)
@@ -190,18 +200,27 @@ class SpatialUnit(nn.Module):
             [self.expand_weight * self.alpha, (self.expand_bias * self.alpha).unsqueeze(-1), ones[:, :, :1].expand(s, c, 1)],
             dim=2,
         )
-        return torch.bmm(cols, rows).view(s, c, b, v, v)
+        if s * c * b * v * v * rows.element_size() > FRESH_MAP_BYTES:
+            return [torch.mm(cols[i], rows[i]).view(c, b, v, v) for i in range(s)]
+        return list(torch.bmm(cols, rows).view(s, c, b, v, v).unbind(0))
 
     def forward(self, x: Tensor) -> Tensor:
         """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T, V)``."""
         cin, b, t, v = x.shape
         s, c = self.subsets, self.out_channels
-        rel_t = self.relation(x).view(s, c * b, v, v)
-        # conv3 of all subsets in one GEMM; each (s, c, b) is then a contiguous (T, V) matrix.
-        value = torch.addmm(self.value_bias.unsqueeze(1), self.value_weight, x.reshape(cin, -1))
-        value = value.view(s, c * b, t, v)
-        # y[c, b] = sum_s value[s, c, b] @ rel[s, c, b]^T
-        y = _GraphProduct.apply(value, rel_t)
+        x2d = x.reshape(cin, -1)
+        # conv3 of all subsets: one GEMM, or one per subset when the stacked result would be a
+        # block that malloc maps afresh on every step (see FRESH_MAP_BYTES).
+        if s * c * x2d.shape[1] * x.element_size() > FRESH_MAP_BYTES:
+            values = [
+                torch.addmm(bias.unsqueeze(1), weight, x2d).view(c * b, t, v)
+                for weight, bias in zip(self.value_weight.split(c), self.value_bias.split(c))
+            ]
+        else:
+            values = torch.addmm(self.value_bias.unsqueeze(1), self.value_weight, x2d).view(s, c * b, t, v).unbind(0)
+        rels = [rel.view(c * b, v, v) for rel in self.relation(x)]
+        # y[c, b] = sum_s value_s[c, b] @ rel_s[c, b]^T
+        y = _GraphProduct.apply(s, *values, *rels)
         y = _bn(self.bn, y.view(c, b, t, v))
         res = x if self.down is None else _bn(self.down[1], _pointwise(self.down[0], x))
         return torch.relu_(y + res)
