@@ -3,8 +3,8 @@
 Written for mmcl's benchmarks from the published architecture (torchvision's layout: 1x1/3x3
 stem, Mixed_5b-5d, 6a-6e, 7a-7c, an auxiliary classifier in training mode), because
 torchvision does not import beside the pinned torch. With 1000 classes it has 27,161,264
-parameters, as torchvision's ``inception_v3(aux_logits=True)``; ``benchmarks/model_speed.py``
-checks that count before timing it. Only the cost matters here: no pretrained weights.
+parameters with the auxiliary head and 23,834,568 without, as torchvision's ``inception_v3``;
+``benchmarks/model_speed.py`` checks the second count before timing it. Only the cost matters here: no pretrained weights.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ that alternates from round to round, so load from other jobs affects all alike. 
 the NTU-shaped model (64 frames, 25 joints, 2 persons, 120 classes) and times, like
 ``benchmarks/model_speed.py``:
 
-* the training step at batch 16 (SGD, cross-entropy);
+* the training step at batch 16 (``model_speed.py``'s SGD step, cross-entropy);
 * inference at batch 64 (the reference in eval mode, mmcl through ``optimize_for_inference``);
 
 with the wall time, the kernel (system) CPU time and the minor page faults per call, and the
@@ -55,19 +55,16 @@ def worker(impl: str, steps: int) -> dict:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _upstream_ctrgcn import UpstreamCTRGCN
+    from model_speed import sgd
+    from model_speed import train_step as make_train_step
 
     torch.manual_seed(0)
     adjacency = get_layout("ntu").adjacency()
     model = (UpstreamCTRGCN if impl == "reference" else CTRGCN)(120, adjacency).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-4)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 3, 64, 25, 2, generator=g), torch.randint(0, 120, (16,), generator=g)
     x64 = torch.randn(64, 3, 64, 25, 2, generator=g)
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+    train_step = make_train_step(model, sgd(model), lambda: F.cross_entropy(model(x), y))
 
     def measure(fn: Callable[[], object]) -> dict:
         fn()  # warm-up

@@ -50,12 +50,13 @@ from _upstream_ctrgcn import UpstreamCTRGCN  # noqa: E402
 from _upstream_inception import InceptionV3  # noqa: E402
 
 from mmcl.graphs import get_layout  # noqa: E402
-from mmcl.models import CTRGCN, MMCLModel, bf16_is_fast, load_upstream_state_dict, optimize_for_inference  # noqa: E402
+from mmcl.models import CTRGCN, LossWeights, MMCLModel, bf16_is_fast, load_upstream_state_dict, optimize_for_inference  # noqa: E402
 from mmcl.models.heads import FAM, FRM  # noqa: E402
 
 CLASSES, FRAMES, JOINTS, PERSONS = 120, 64, 25, 2
 TEXT_DIM, RGB_IMAGE = 768, 299
-INCEPTION_PARAMETERS = 27_161_264  # torchvision's inception_v3(aux_logits=True), 1000 classes
+LOSS = LossWeights()  # CE + 0.2 * refined CE + 0.1 * contrastive, as mmcl trains
+INCEPTION_PARAMETERS = 23_834_568  # torchvision's inception_v3(aux_logits=False), 1000 classes
 
 
 def log(msg: str) -> None:
@@ -144,9 +145,9 @@ class UpstreamMMCL(torch.nn.Module):
         logits = self.skeleton.fc(pooled)
         embedding = self.fam(self.rgb(image)[0])
         return (
-            F.cross_entropy(logits, y)
-            + 0.2 * F.cross_entropy(self.frm(logits, text), y)
-            + 0.1 * self.fam.loss(pooled, embedding)
+            LOSS.ce * F.cross_entropy(logits, y)
+            + LOSS.refine * F.cross_entropy(self.frm(logits, text), y)
+            + LOSS.contrast * self.fam.loss(pooled, embedding)
         )
 
 
@@ -262,9 +263,9 @@ def main() -> None:
     over = interleaved({"mmcl_overhead": (mmcl_step, plain_step)}, rounds["mmcl"])["mmcl_overhead"]
 
     # The whole MMCL training step against upstream's, which trains Inception-v3 on every step.
-    if sum(p.numel() for p in InceptionV3().parameters()) != INCEPTION_PARAMETERS:
-        raise SystemExit("benchmarks/_upstream_inception.py does not have Inception-v3's parameter count")
     upstream = UpstreamMMCL(adjacency).train()
+    if sum(p.numel() for p in upstream.rgb.parameters()) != INCEPTION_PARAMETERS:
+        raise SystemExit("benchmarks/_upstream_inception.py does not have Inception-v3's parameter count")
     images = torch.randn(args.train_batch, 3, RGB_IMAGE, RGB_IMAGE, generator=g)
     rgb_cached = torch.randn(args.train_batch, InceptionV3.feature_dim, generator=g)
     colearn_2048 = MMCLModel(CTRGCN(CLASSES, adjacency), rgb_dim=InceptionV3.feature_dim, text_dim=TEXT_DIM).train()

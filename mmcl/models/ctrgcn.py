@@ -69,6 +69,11 @@ DILATIONS = (1, 2)
 FRESH_MAP_BYTES = 32 * 2**20
 
 
+def _stacked_too_large(numel: int, like: Tensor) -> bool:
+    """Whether ``numel`` elements of ``like``'s dtype would cross ``FRESH_MAP_BYTES``."""
+    return numel * like.element_size() > FRESH_MAP_BYTES
+
+
 def _kaiming_fan_out_(weight: Tensor, fan_out: int) -> None:
     """``kaiming_normal_(mode='fan_out')`` as for one unfused conv with ``fan_out`` outputs."""
     with torch.no_grad():
@@ -200,7 +205,7 @@ class SpatialUnit(nn.Module):
             [self.expand_weight * self.alpha, (self.expand_bias * self.alpha).unsqueeze(-1), ones[:, :, :1].expand(s, c, 1)],
             dim=2,
         )
-        if s * c * b * v * v * rows.element_size() > FRESH_MAP_BYTES:
+        if _stacked_too_large(s * c * b * v * v, rows):
             return [torch.mm(cols[i], rows[i]).view(c, b, v, v) for i in range(s)]
         return list(torch.bmm(cols, rows).view(s, c, b, v, v).unbind(0))
 
@@ -211,7 +216,7 @@ class SpatialUnit(nn.Module):
         x2d = x.reshape(cin, -1)
         # conv3 of all subsets: one GEMM, or one per subset when the stacked result would be a
         # block that malloc maps afresh on every step (see FRESH_MAP_BYTES).
-        if s * c * x2d.shape[1] * x.element_size() > FRESH_MAP_BYTES:
+        if _stacked_too_large(s * c * x2d.shape[1], x):
             values = [
                 torch.addmm(bias.unsqueeze(1), weight, x2d).view(c * b, t, v)
                 for weight, bias in zip(self.value_weight.split(c), self.value_bias.split(c))
