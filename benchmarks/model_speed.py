@@ -13,7 +13,12 @@ Prints ONE JSON object. NTU shape: 64 frames, 25 joints, 2 persons, 120 classes.
   Inception-v3 on one 299x299 RGB image per sample (the upstream RGB branch; its strips are at
   least this large, so this is the cheapest it can be) and the same FAM + FRM heads, versus
   mmcl's step on cached 2048-d RGB features;
-* the logits of both models on the same weights (they compute the same function).
+* the logits of both models on the same weights (they compute the same function);
+* compute efficiency: floating-point operations per training step and per batch-1 forward of
+  each side (``torch.utils.flop_counter``), this machine's single-precision matrix-product peak
+  (a 2048 x 2048 product on the same threads), and the GFLOP/s each side reaches at its median
+  time. ``speedup_at_gemm_peak`` is what mmcl would reach if all its work ran at that peak: a
+  goal above it cannot be met in float32 on this machine.
 
 Reference and mmcl runs alternate round by round and the JSON reports per-round ratios (median),
 so load from other processes on the machine affects both sides alike. On a shared machine,
@@ -34,6 +39,7 @@ under the default.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -44,6 +50,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _upstream_ctrgcn import UpstreamCTRGCN  # noqa: E402
@@ -121,6 +128,33 @@ def latency(timing: dict) -> dict:
         "mmcl_ms_per_sample": round(timing["mmcl_s"] * 1000, 1),
         "speedup": timing["speedup_median"],
         "speedup_range": [timing["speedup_min"], timing["speedup_max"]],
+    }
+
+
+def gflop(fn: Callable[[], object]) -> float:
+    """Floating-point operations of one call of ``fn``, in GFLOP (matrix products and convolutions)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_peak_gflops(size: int = 2048, rounds: int = 10) -> float:
+    """This machine's float32 matrix-product rate on torch's threads: best of ``rounds``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    return 2 * size**3 / min(timed(lambda: torch.mm(a, b)) for _ in range(rounds)) / 1e9
+
+
+def efficiency(ref_gflop: float, ours_gflop: float, timing: dict, peak: float) -> dict:
+    """GFLOP and achieved GFLOP/s of both sides at their median times, and the speed-up mmcl
+    would reach if all its operations ran at ``peak``."""
+    return {
+        "reference_gflop": round(ref_gflop, 2),
+        "mmcl_gflop": round(ours_gflop, 2),
+        "reference_gflops": round(ref_gflop / timing["reference_s"], 1),
+        "mmcl_gflops": round(ours_gflop / timing["mmcl_s"], 1),
+        "mmcl_fraction_of_peak": round(ours_gflop / timing["mmcl_s"] / peak, 3),
+        "speedup_at_gemm_peak": round(timing["reference_s"] / (ours_gflop / peak), 2),
     }
 
 
@@ -223,6 +257,11 @@ def main() -> None:
 
     # Training step, batch 16.
     reference.train(), ours.train()
+    # (counted on throw-away copies: the counter's module hooks would otherwise stay on the timed models)
+    train_gflop = {
+        name: gflop(lambda m=m: F.cross_entropy(m(x_train), y_train).backward())
+        for name, m in (("reference", copy.deepcopy(reference)), ("mmcl", copy.deepcopy(ours)))
+    }
     ref_step = train_step(reference, sgd(reference), lambda: F.cross_entropy(reference(x_train), y_train))
     our_step = train_step(ours, sgd(ours), lambda: F.cross_entropy(ours(x_train), y_train))
     train = interleaved({"train_step": (ref_step, our_step)}, rounds["train"])["train_step"]
@@ -250,6 +289,10 @@ def main() -> None:
         rounds["b64"],
     ))
     b1, b64 = infer["infer_batch1"], infer[f"infer_batch{args.infer_batch}"]
+    # (grad mode on for the reference count: FLOPs are the same, and the counter's module tracker
+    # cannot follow a no-grad forward)
+    b1_gflop = {"reference": gflop(lambda: copy.deepcopy(reference)(x1)), "mmcl": gflop(lambda: fast(x1))}
+    peak = gemm_peak_gflops()
     one1, one64 = infer["one_actor_batch1"], infer["one_actor_batch64"]
 
     # MMCL co-learning overhead with cached features: skeleton-only step vs FAM + FRM step.
@@ -306,6 +349,11 @@ def main() -> None:
             "note": f"upstream: CTR-GCN + trainable Inception-v3 on a {RGB_IMAGE}x{RGB_IMAGE} image per sample "
             "+ FAM + FRM; mmcl: FAM on cached 2048-d features + FRM",
             **throughput(vs_upstream, args.train_batch),
+        },
+        "compute": {
+            "gemm_peak_gflops": round(peak, 1),
+            "train_batch16": efficiency(train_gflop["reference"], train_gflop["mmcl"], train, peak),
+            "infer_batch1": efficiency(b1_gflop["reference"], b1_gflop["mmcl"], b1, peak),
         },
         "same_function": agreement,
     }
