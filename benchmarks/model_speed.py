@@ -257,7 +257,7 @@ def main() -> None:
 
     # Training step, batch 16.
     reference.train(), ours.train()
-    # (counted on throw-away copies: the counter's module hooks would otherwise stay on the timed models)
+    # (counted on throw-away copies: the timed models' BatchNorm statistics and gradients stay untouched)
     train_gflop = {
         name: gflop(lambda m=m: F.cross_entropy(m(x_train), y_train).backward())
         for name, m in (("reference", copy.deepcopy(reference)), ("mmcl", copy.deepcopy(ours)))
