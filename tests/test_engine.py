@@ -301,12 +301,14 @@ def test_resume_after_a_crash_ends_with_the_same_weights(toy, tmp_path, monkeypa
 # -- multi-process: DDP on CPU, lr scaling, gradient accumulation --------------------------------
 
 
-def _launch(args: list[str], cwd: Path, env_extra: dict[str, str]) -> None:
+def _launch(args: list[str], cwd: Path, env_extra: dict[str, str]) -> str:
+    """Run ``accelerate launch ARGS``; returns its stdout."""
     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     accelerate = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run([str(accelerate), "launch", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 def test_two_processes_equal_one_process_with_gradient_accumulation(toy, tmp_path):
@@ -314,16 +316,19 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(toy, tmp_pat
     same lr, same samples per update, so the same weights (BatchNorm sees 4 samples in both)."""
     config = write_config(tmp_path / "c.yaml", toy, data={"rotate": 0.0}, optim={"lr": 0.05, "reference_batch": 4})
     # real DDP: two gloo processes on CPU, started as `accelerate launch -m mmcl` from elsewhere
-    _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-             "--dynamo_backend", "no", "--main_process_port", "29533", "-m", "mmcl", "train",
-             "--config", str(config), "--output-dir", str(tmp_path / "ddp")],
-            cwd=tmp_path, env_extra={"ACCELERATE_USE_CPU": "1"})
+    ddp_out = _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                       "--dynamo_backend", "no", "--main_process_port", "29533", "-m", "mmcl", "train",
+                       "--config", str(config), "--output-dir", str(tmp_path / "ddp")],
+                      cwd=tmp_path, env_extra={"ACCELERATE_USE_CPU": "1"})
     # one process accumulating 2 micro-batches, started as `accelerate launch mmcl` from the repo root
-    _launch(["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-             "mmcl", "train", "--config", str(config), "--output-dir", str(tmp_path / "accum"),
-             "--set", "train.grad_accum=2"],
-            cwd=REPO, env_extra={"ACCELERATE_USE_CPU": "1"})
+    accum_out = _launch(["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                         "--dynamo_backend", "no", "mmcl", "train", "--config", str(config),
+                         "--output-dir", str(tmp_path / "accum"), "--set", "train.grad_accum=2"],
+                        cwd=REPO, env_extra={"ACCELERATE_USE_CPU": "1"})
 
+    # BatchNorm sees 4 samples per process: the 2-process run says so (once, from the main process)
+    assert ddp_out.count("normalises BatchNorm over its own 4 samples") == 1
+    assert "normalises BatchNorm" not in accum_out
     ddp, acc = json.loads((tmp_path / "ddp" / "run.json").read_text()), json.loads((tmp_path / "accum" / "run.json").read_text())
     assert ddp["sessions"][0]["num_processes"] == 2 and acc["sessions"][0]["num_processes"] == 1
     assert ddp["sessions"][0]["global_batch"] == acc["sessions"][0]["global_batch"] == 8
@@ -362,6 +367,15 @@ def test_lr_scaling_and_ctrgcn_schedule():
     f = build.lr_factor(cfg)
     assert [f(e) for e in (0, 1, 4)] == pytest.approx([0.2, 0.4, 1.0])  # warm-up over 5 epochs
     assert [f(e) for e in (5, 34, 35, 54, 55, 64)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_batchnorm_note_only_for_small_per_process_batches():
+    cfg = load_config(REPO / "configs" / "synthetic" / "xsub" / "joint.yaml", ["train.batch_size=4"])
+    note = build.batchnorm_note(cfg, 2)
+    assert note is not None and "2 processes" in note and "own 4 samples" in note and "train.batch_size" in note
+    assert build.batchnorm_note(cfg, 1) is None  # one process: BatchNorm sees the whole batch
+    big = load_config(REPO / "configs" / "synthetic" / "xsub" / "joint.yaml", ["train.batch_size=8"])
+    assert build.batchnorm_note(big, 4) is None
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -231,6 +231,8 @@ class Trainer:
             f"{acc.num_processes} process(es) on {acc.device}, global batch {self.global_batch}, "
             f"lr {self.lr:g}, precision {acc.mixed_precision}, run dir {self.run_dir}"
         )
+        if note := build.batchnorm_note(cfg, acc.num_processes):
+            acc.print(note)
         for epoch in range(self.epoch, epochs):
             start = time.time()
             lr = self.optimizer.param_groups[0]["lr"]
