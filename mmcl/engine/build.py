@@ -180,6 +180,11 @@ def global_batch(cfg: Config, num_processes: int) -> int:
     return cfg.train.batch_size * num_processes * cfg.train.grad_accum
 
 
+def scaled_lr(cfg: Config, num_processes: int) -> float:
+    """``optim.lr`` scaled linearly from ``optim.reference_batch`` to the real global batch."""
+    return cfg.optim.lr * global_batch(cfg, num_processes) / cfg.optim.reference_batch
+
+
 # Fewest samples per process for which BatchNorm statistics held up in our runs: the demo recipe
 # reached 97.08 / 100 % top-1 with 8 samples in one process and 88.33 / 86.67 % with 2 processes
 # of 4 (seeds 1 / 2; same global batch, lr and updates; README, "One DDP process per core").
@@ -201,11 +206,6 @@ def batchnorm_note(cfg: Config, num_processes: int) -> str | None:
         f"{per_process} samples (train.batch_size); below {BATCHNORM_MIN_PER_PROCESS} this cost "
         f"accuracy in our runs. Use fewer processes or a larger train.batch_size."
     )
-
-
-def scaled_lr(cfg: Config, num_processes: int) -> float:
-    """``optim.lr`` scaled linearly from ``optim.reference_batch`` to the real global batch."""
-    return cfg.optim.lr * global_batch(cfg, num_processes) / cfg.optim.reference_batch
 
 
 def lr_factor(cfg: Config) -> Callable[[int], float]:
