@@ -9,6 +9,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests train on the CPU, also on a machine with a GPU, so their results are deterministic and
+# the same as on CI (which has none). In-process runs read ACCELERATE_USE_CPU; multi-process runs
+# get CPU_ONLY_ENV, which also hides the GPUs from their processes (with a GPU visible, gloo DDP
+# under `accelerate launch --multi_gpu` with ACCELERATE_USE_CPU=1 breaks in Accelerate's
+# barrier). tests/test_cuda.py opts back in where a GPU is present.
+os.environ.setdefault("ACCELERATE_USE_CPU", "1")
+CPU_ONLY_ENV = {"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
 
 def shared_data_dir() -> Path:
     """Location of the real recordings (../shared/data beside the repo, or $MMCL_SHARED_DATA)."""

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from conftest import CPU_ONLY_ENV
 from mmcl.cli import main as cli
 from mmcl.config import load_config
 from mmcl.data.features import save_features
@@ -234,7 +235,7 @@ def test_mmcl_test_reproduces_the_run_scores(mmcl_run, toy, tmp_path):
     assert (ours.labels == theirs.labels[rows]).all()
     assert (tmp_path / "again_report.txt").is_file() and (tmp_path / "again_confusion_matrix.png").is_file()
 
-    by_run = run_cli("test", "--run", str(mmcl_run))
+    by_run = run_cli("test", "--run", str(mmcl_run), "--device", "cpu")
     assert by_run.exit_code == 0, by_run.output
     np.testing.assert_allclose(load_scores(mmcl_run / "test" / "scores.npz").scores, ours.scores, atol=1e-5)
 
@@ -301,9 +302,9 @@ def test_resume_after_a_crash_ends_with_the_same_weights(toy, tmp_path, monkeypa
 # -- multi-process: DDP on CPU, lr scaling, gradient accumulation --------------------------------
 
 
-def _launch(args: list[str], cwd: Path, env_extra: dict[str, str]) -> str:
-    """Run ``accelerate launch ARGS``; returns its stdout."""
-    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def _launch(args: list[str], cwd: Path) -> str:
+    """Run ``accelerate launch ARGS`` on the CPU; returns its stdout."""
+    env = {**os.environ, **CPU_ONLY_ENV, "PYTHONUNBUFFERED": "1"}
     accelerate = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run([str(accelerate), "launch", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -319,12 +320,12 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(toy, tmp_pat
     ddp_out = _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                        "--dynamo_backend", "no", "--main_process_port", "29533", "-m", "mmcl", "train",
                        "--config", str(config), "--output-dir", str(tmp_path / "ddp")],
-                      cwd=tmp_path, env_extra={"ACCELERATE_USE_CPU": "1"})
+                      cwd=tmp_path)
     # one process accumulating 2 micro-batches, started as `accelerate launch mmcl` from the repo root
     accum_out = _launch(["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
                          "--dynamo_backend", "no", "mmcl", "train", "--config", str(config),
                          "--output-dir", str(tmp_path / "accum"), "--set", "train.grad_accum=2"],
-                        cwd=REPO, env_extra={"ACCELERATE_USE_CPU": "1"})
+                        cwd=REPO)
 
     # BatchNorm sees 4 samples per process: the 2-process run says so (once, from the main process)
     assert ddp_out.count("normalises BatchNorm over its own 4 samples") == 1

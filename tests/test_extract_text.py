@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import CPU_ONLY_ENV
 from mmcl.data.features import load_features
 from mmcl.data.rgb import build_strips
 from mmcl.data.store import DatasetWriter, Sample
@@ -326,7 +327,7 @@ def test_prompts_templates_and_help():
 @pytest.mark.slow
 def test_two_processes_under_accelerate_launch_merge_each_sample_once(dataset, models, blip_yesno, tmp_path):
     out = tmp_path / "sharded.npz"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, **CPU_ONLY_ENV, "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "-m", "mmcl", "extract-text", "--data", str(dataset), "--model", str(models["blip"]),

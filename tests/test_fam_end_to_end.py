@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import CPU_ONLY_ENV
 from mmcl.config import load_config
 from mmcl.data.store import DatasetWriter, Sample, open_dataset
 from mmcl.data.strips import StripLoader
@@ -166,7 +167,7 @@ def test_end_to_end_under_two_process_ddp_and_bf16(setup):
     parameter that gets a gradient is reduced (a ViT pooler that gets none must not stall DDP),
     the loss stays finite and the encoder trains with fp32 master weights."""
     run = setup["tmp"] / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **CPU_ONLY_ENV, "PYTHONUNBUFFERED": "1"}
     accelerate = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
