@@ -1,5 +1,6 @@
 """Skeleton-only inference, made fast: BatchNorm folded into the weights, empty person slots
-skipped, batches cut into cache-sized chunks, no autograd.
+skipped, batches cut into cache-sized chunks on CPU, small batches replayed from CUDA graphs on a
+GPU, no autograd.
 
 ``optimize_for_inference(model)`` returns a callable for ``mmcl test``; it computes the same
 logits as ``model.eval()(x)`` (to float rounding). bfloat16 is used only where the CPU has
@@ -19,6 +20,11 @@ from mmcl.models.ctrgcn import CTRGCN, DILATIONS
 # Samples per forward chunk on CPU: activations of a few samples stay in cache; at 64 samples per
 # call CTR-GCN's working set spills to memory and runs slower per sample than at batch 1.
 CPU_CHUNK = 4
+# On a GPU, batches of at most this many samples replay a CUDA graph of the whole model: a
+# batch-1 forward launches ~400 small kernels and the GPU waits on the launches, so replaying
+# them as one graph is ~8x faster on an H100 (benchmarks/gpu_speed.py). Larger batches keep the
+# GPU busy by themselves and run eagerly, with empty person slots skipped.
+CUDA_GRAPH_MAX_BATCH = 8
 
 
 class ChannelAffine(nn.Module):
@@ -135,19 +141,70 @@ class EmptySlotSkipper:
         return self._empty[key]
 
 
-def optimize_for_inference(model: CTRGCN, chunk: int | None = None) -> Callable[[Tensor], Tensor]:
+class CudaGraphed:
+    """``forward(x)`` replayed from CUDA graphs: one is captured per input shape, dtype, device
+    and autocast setting, the first time it is seen, and they share one memory pool.
+
+    ``forward`` must have no data-dependent control flow and must not synchronise with the host
+    (the folded model qualifies; :class:`EmptySlotSkipper` does not). Each call copies ``x`` into
+    the graph's static input and returns a copy of its static output.
+    """
+
+    def __init__(self, forward: Callable[[Tensor], Tensor]):
+        self.forward = forward
+        self._graphs: dict[tuple, tuple[Tensor, torch.cuda.CUDAGraph, Tensor]] = {}
+        self._pool = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(x)
+        static_in, graph, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
+        static_in = x.clone()
+        with torch.cuda.device(x.device):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph: cuBLAS/cuDNN choose kernels
+                for _ in range(2):
+                    self.forward(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                static_out = self.forward(static_in)
+        return static_in, graph, static_out
+
+
+def optimize_for_inference(
+    model: CTRGCN, chunk: int | None = None, cuda_graph_max_batch: int = CUDA_GRAPH_MAX_BATCH
+) -> Callable[[Tensor], Tensor]:
     """A callable ``x (N, C, T, V, M) -> logits (N, num_class)`` for evaluation.
 
-    BatchNorm is folded into the weights, autograd is off, empty person slots are not computed
-    (:class:`EmptySlotSkipper`), and on CPU the batch is processed in chunks of ``chunk`` samples
-    (default ``CPU_CHUNK``), which keeps each layer's activations in cache. The original
-    ``model`` is left untouched.
+    BatchNorm is folded into the weights, autograd is off, and:
+
+    * on CPU, empty person slots are not computed (:class:`EmptySlotSkipper`) and the batch is
+      processed in chunks of ``chunk`` samples (default ``CPU_CHUNK``), which keeps each layer's
+      activations in cache;
+    * on a GPU, batches of at most ``cuda_graph_max_batch`` samples (0: none) replay a CUDA graph
+      of the whole model (:class:`CudaGraphed`), and larger ones run eagerly with empty slots
+      skipped, in chunks only when ``chunk`` is given.
+
+    The original ``model`` is left untouched.
     """
     folded = fold_batchnorm(model)
     forward = EmptySlotSkipper(folded)
+    graphed = CudaGraphed(folded)
 
     @torch.inference_mode()
     def predict(x: Tensor) -> Tensor:
+        if x.device.type == "cuda" and x.shape[0] <= cuda_graph_max_batch:
+            return graphed(x)
         size = chunk or (CPU_CHUNK if x.device.type == "cpu" else x.shape[0])
         if x.shape[0] <= size:
             return forward(x)
