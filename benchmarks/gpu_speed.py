@@ -21,7 +21,7 @@ matrix products; bf16 / fp16: autocast, as ``accelerate launch --mixed_precision
 Reference and mmcl alternate round by round (``--rounds`` rounds of ``--iters`` calls, the GPU
 synchronised around each round), and the JSON gives the median per-round speed-up.
 
-    python benchmarks/gpu_speed.py                     # ~3 minutes on one H100
+    python benchmarks/gpu_speed.py                     # ~4 minutes on one H100 (--rounds 5 --iters 8: ~3)
     python benchmarks/gpu_speed.py --precisions bf16 --quick
 """
 
