@@ -130,6 +130,8 @@ def sgd_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], device
 
 
 def throughput(timing: dict, batch: int) -> dict:
+    """An :func:`alternating` entry as samples/s of both sides (model_speed's twin reads its own
+    timing keys and rounds for CPU rates)."""
     return {
         "reference_samples_per_s": round(batch / timing["reference_s"], 1),
         "mmcl_samples_per_s": round(batch / timing["mmcl_s"], 1),
@@ -139,6 +141,8 @@ def throughput(timing: dict, batch: int) -> dict:
 
 
 def latency(timing: dict) -> dict:
+    """An :func:`alternating` entry at batch 1 as ms per call, to the microsecond (GPU latencies
+    are around a millisecond; model_speed rounds to 0.1 ms)."""
     return {
         "reference_ms": round(timing["reference_s"] * 1000, 3),
         "mmcl_ms": round(timing["mmcl_s"] * 1000, 3),
