@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -236,6 +237,35 @@ def test_optimized_inference_equals_eval_forward(ntu_pair):
     folded = fold_batchnorm(ours)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.layers.modules())
     assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ours.layers.modules())  # untouched
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile's CPU backend needs a C++ compiler"
+)
+def test_compiled_inference_equals_eager():
+    """``compile=True`` runs inductor's frozen backbone on CPU and gives the eager logits."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(1)
+    model = CTRGCN(120, get_layout("ntu").adjacency())  # float32, as users run it
+    for name, p in model.named_parameters():
+        if name.endswith("alpha"):
+            p.data.fill_(0.5)  # the learned topology term carries signal
+    for m in model.modules():  # running statistics that fit the data: a well-conditioned network
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        model(torch.randn(4, 3, T, 25, 2))
+    model.eval()
+    x = torch.randn(2, 3, T, 25, 2)
+    x[1, :, :, :, 1] = 0  # sample 2 has one actor: its empty slot is skipped as in eager
+    eager = optimize_for_inference(model)
+    compiled = optimize_for_inference(model, compile=True)
+    counters.clear()
+    for sample in (x[:1], x[1:], x):  # 2 streams, 1 stream (+ the empty slot's constant), 3 streams
+        expected = eager(sample)
+        torch.testing.assert_close(compiled(sample), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    assert counters["stats"]["unique_graphs"] == 3  # one graph per stream count: it did compile
 
 
 # -- the heads ------------------------------------------------------------------------------
