@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _upstream_ctrgcn import UpstreamCTRGCN  # noqa: E402
-from model_speed import CLASSES, FRAMES, JOINTS, PERSONS, interleaved, latency, log, throughput, timed  # noqa: E402
+from model_speed import (  # noqa: E402
+    CLASSES,
+    FRAMES,
+    JOINTS,
+    PERSONS,
+    interleaved,
+    latency,
+    log,
+    machine,
+    no_grad_call,
+    throughput,
+    timed,
+)
 
 from mmcl.graphs import get_layout  # noqa: E402
 from mmcl.models import CTRGCN, load_upstream_state_dict, optimize_for_inference  # noqa: E402
@@ -74,10 +85,7 @@ def main() -> None:
         rel_diff[name] = float((compiled(x) - expected).abs().max() / expected.abs().max())
         log(f"{name}: first call {compile_s[name]} s, max relative logit difference {rel_diff[name]:.2e}")
 
-    def ref_infer(x):
-        with torch.no_grad():
-            return reference(x)
-
+    ref_infer = no_grad_call(reference)
     b1 = interleaved(
         {
             "b1_reference": (lambda: ref_infer(x1), lambda: compiled(x1)),
@@ -93,13 +101,7 @@ def main() -> None:
     result = {
         "benchmark": "compiled_inference",
         "shape": {"frames": FRAMES, "joints": JOINTS, "persons": PERSONS, "classes": CLASSES},
-        "machine": {
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "quick": args.quick,
         "first_call_s": compile_s,
         "compiled_vs_eager_max_rel_logit_diff": rel_diff,

@@ -85,6 +85,27 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
     return step
 
 
+def machine() -> dict:
+    """The CPU side of the machine a benchmark ran on, and its load when the figures were taken."""
+    return {
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+    }
+
+
+def no_grad_call(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model(x)`` without autograd, as the reference runs at test time."""
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return call
+
+
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-4)
 
@@ -275,11 +296,7 @@ def main() -> None:
     # Inference.
     reference.eval(), ours.eval()
     fast = optimize_for_inference(ours)
-
-    def ref_infer(x):
-        with torch.no_grad():
-            return reference(x)
-
+    ref_infer = no_grad_call(reference)
     infer = interleaved(
         {
             "infer_batch1": (lambda: ref_infer(x1), lambda: fast(x1)),
@@ -328,13 +345,9 @@ def main() -> None:
         "benchmark": "model_speed",
         "shape": {"frames": FRAMES, "joints": JOINTS, "persons": PERSONS, "classes": CLASSES},
         "machine": {
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **machine(),
             "bf16_native": bf16_is_fast(),
-            "load_average_1min": round(os.getloadavg()[0], 2),
             "malloc_mmap_max": os.environ.get("MALLOC_MMAP_MAX_", "glibc default"),
-            "torch": torch.__version__,
         },
         "quick": args.quick,
         "train_batch16": {**throughput(train, args.train_batch), "goal": 2.0},

@@ -192,10 +192,10 @@ def compile_backbone(model: CTRGCN) -> Callable[[Tensor], Tensor]:
     """``model.backbone`` compiled by inductor with its weights frozen into the graph (fused
     element-wise kernels, pre-packed oneDNN convolutions); needs a C++ compiler.
 
-    Shapes are static: each new person-stream count or clip length compiles once (12-15 s on 2
+    Shapes are static: each new person-stream count or clip length compiles once (8-15 s on 2
     cores with inductor's cache warm, 30-70 s cold). On a 2-core AVX2 CPU the batch-1 forward got
-    1.04-1.11x faster and batch 64 1.15-1.18x (``benchmarks/compiled_inference.py``). Only for a
-    frozen, inference-only model.
+    1.04-1.15x faster and batch 64 1.06-1.18x (``benchmarks/compiled_inference.py``, three runs).
+    Only for a frozen, inference-only model.
     """
     return torch.compile(model.backbone, dynamic=False, options={"freezing": True})
 
@@ -219,7 +219,7 @@ def optimize_for_inference(
     * with ``compile=True``, CPU calls run the backbone compiled by :func:`compile_backbone`:
       for long-running services that see few shapes, where its one-off compile per shape pays.
       ``mmcl test`` does not use it: chunks of mixed actor counts run ``CPU_CHUNK`` to
-      ``2 * CPU_CHUNK`` person streams, each count compiled once, for about 1.15x.
+      ``2 * CPU_CHUNK`` person streams, each count compiled once, for 1.06-1.18x.
 
     The original ``model`` is left untouched.
     """
