@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from mmcl.models import (
     load_upstream_state_dict,
     optimize_for_inference,
 )
+from mmcl.models.inference import missing_compile_toolchain
 
 REPO = Path(__file__).resolve().parents[1]
 T = 16  # frames: small, still divisible by the two stride-2 units
@@ -240,7 +240,7 @@ def test_optimized_inference_equals_eval_forward(ntu_pair):
 
 
 @pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile's CPU backend needs a C++ compiler"
+    missing_compile_toolchain() is not None, reason=f"torch.compile's CPU backend needs {missing_compile_toolchain()}"
 )
 def test_compiled_inference_equals_eager():
     """``compile=True`` runs inductor's frozen backbone on CPU and gives the eager logits."""
@@ -266,6 +266,15 @@ def test_compiled_inference_equals_eager():
         expected = eager(sample)
         torch.testing.assert_close(compiled(sample), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
     assert counters["stats"]["unique_graphs"] == 3  # one graph per stream count: it did compile
+
+
+def test_compiled_inference_without_toolchain_says_what_is_missing(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    model = CTRGCN(10, get_layout("ntu").adjacency()).eval()
+    with pytest.raises(MMCLError, match=r"needs a C\+\+ compiler .*compile=False"):
+        optimize_for_inference(model, compile=True)
+    assert optimize_for_inference(model)(torch.randn(1, 3, T, 25, 2)).shape == (1, 10)  # eager still works
 
 
 # -- the heads ------------------------------------------------------------------------------

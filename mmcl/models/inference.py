@@ -10,11 +10,15 @@ native support (AVX512-BF16 or AMX); on AVX2-only CPUs it is ~60x slower than fl
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import sysconfig
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from mmcl.errors import MMCLError
 from mmcl.models.ctrgcn import CTRGCN, DILATIONS
 
 # Samples per forward chunk on CPU: activations of a few samples stay in cache; at 64 samples per
@@ -188,6 +192,18 @@ class CudaGraphed:
         return static_in, graph, static_out
 
 
+def missing_compile_toolchain() -> str | None:
+    """What inductor lacks here to build CPU kernels (a C++ compiler, Python's C headers), or None."""
+    missing = []
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(shutil.which(c) for c in compilers if c):
+        missing.append("a C++ compiler (g++, c++ or clang++ on PATH, or $CXX)")
+    header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if not os.path.exists(header):
+        missing.append(f"Python's C headers ({header}; e.g. the python3-dev package)")
+    return " and ".join(missing) or None
+
+
 def compile_backbone(model: CTRGCN) -> Callable[[Tensor], Tensor]:
     """``model.backbone`` compiled by inductor with its weights frozen into the graph (fused
     element-wise kernels, pre-packed oneDNN convolutions); needs a C++ compiler.
@@ -197,6 +213,9 @@ def compile_backbone(model: CTRGCN) -> Callable[[Tensor], Tensor]:
     1.04-1.15x faster and batch 64 1.06-1.18x (``benchmarks/compiled_inference.py``, three runs).
     Only for a frozen, inference-only model.
     """
+    missing = missing_compile_toolchain()
+    if missing:
+        raise MMCLError(f"compiled inference needs {missing}; install it, or use compile=False")
     return torch.compile(model.backbone, dynamic=False, options={"freezing": True})
 
 
