@@ -209,8 +209,8 @@ def compile_backbone(model: CTRGCN) -> Callable[[Tensor], Tensor]:
     element-wise kernels, pre-packed oneDNN convolutions); needs a C++ compiler.
 
     Shapes are static: each new person-stream count or clip length compiles once (8-15 s on 2
-    cores with inductor's cache warm, 30-70 s cold). On a 2-core AVX2 CPU the batch-1 forward got
-    1.04-1.15x faster and batch 64 1.06-1.18x (``benchmarks/compiled_inference.py``, three runs).
+    cores with inductor's cache warm, 42-52 s cold). On a 2-core AVX2 CPU the batch-1 forward got
+    1.04-1.18x faster and batch 64 1.06-1.18x (``benchmarks/compiled_inference.py``, four runs).
     Only for a frozen, inference-only model.
     """
     missing = missing_compile_toolchain()
