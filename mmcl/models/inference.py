@@ -206,7 +206,8 @@ def missing_compile_toolchain() -> str | None:
 
 def compile_backbone(model: CTRGCN) -> Callable[[Tensor], Tensor]:
     """``model.backbone`` compiled by inductor with its weights frozen into the graph (fused
-    element-wise kernels, pre-packed oneDNN convolutions); needs a C++ compiler.
+    element-wise kernels, pre-packed oneDNN convolutions). Needs a C++ compiler and Python's C
+    headers: an MMCLError names whichever is missing.
 
     Shapes are static: each new person-stream count or clip length compiles once (8-15 s on 2
     cores with inductor's cache warm, 42-52 s cold). On a 2-core AVX2 CPU the batch-1 forward got
