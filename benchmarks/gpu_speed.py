@@ -250,6 +250,8 @@ def bench_precision(name: str, dtype: torch.dtype | None, device: torch.device, 
     mmcl_step = sgd_step(colearn, lambda: colearn.losses(colearn(x_train, rgb, text), y_train)["total"], device, dtype)
     over = alternating(mmcl_step, plain_step, rounds, iters, device)
     out["mmcl_colearning_overhead_percent"] = round((over["speedup"] - 1) * 100, 1)
+    # Per-round spread: a host-bound GPU step varies by more than the heads cost.
+    out["mmcl_colearning_overhead_range_percent"] = [round((r - 1) * 100, 1) for r in over["speedup_range"]]
 
     # The MMCL step against upstream MMCL's (trainable Inception-v3 on a 299 x 299 image per sample).
     upstream = UpstreamMMCL(adjacency).to(device).train()
@@ -270,10 +272,12 @@ def bench_precision(name: str, dtype: torch.dtype | None, device: torch.device, 
     log(f"  co-learning: overhead {out['mmcl_colearning_overhead_percent']} %, vs upstream {out['mmcl_step_vs_upstream_mmcl']}")
 
     if args.compile:
-        # Both training steps with torch.compile (inductor defaults), as `accelerate launch
-        # --dynamo_backend inductor` would compile them; the first call's time is the compile time.
+        # Both training steps with torch.compile (inductor, --compile-mode), as `accelerate launch
+        # --dynamo_backend inductor [--dynamo_mode M]` would compile them; the first call's time is
+        # the compile time.
         reference.train(), ours.train()
-        compiled = {"reference": torch.compile(reference), "mmcl": torch.compile(ours)}
+        mode = args.compile_mode
+        compiled = {"reference": torch.compile(reference, mode=mode), "mmcl": torch.compile(ours, mode=mode)}
         steps, first = {}, {}
         for side, model in (("reference", reference), ("mmcl", ours)):
             steps[side] = sgd_step(model, lambda m=compiled[side]: F.cross_entropy(m(x_train).float(), y_train), device, dtype)
@@ -285,6 +289,7 @@ def bench_precision(name: str, dtype: torch.dtype | None, device: torch.device, 
             "mmcl_compile_s": round(first["mmcl"], 1),
             "mmcl_compiled_vs_mmcl_eager": round(train["mmcl_s"] / timing["mmcl_s"], 3),
             "reference_compiled_vs_reference_eager": round(train["reference_s"] / timing["reference_s"], 3),
+            "compile_mode": mode or "default",
         }
         log(f"  compiled training: {out[f'train_batch{args.train_batch}_compiled']}")
     return out
@@ -300,6 +305,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10, help="calls per round (x4 at batch 1)")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 3 calls")
     parser.add_argument("--compile", action="store_true", help="also time both training steps under torch.compile")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode for --compile (default: inductor's default mode)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.iters = 2, 3
