@@ -127,20 +127,21 @@ class EmptySlotSkipper:
         empty[:, 0] = False
         streams = self.model.embed(x)
         if m == 1 or not empty.any():
-            pooled = self.backbone(streams).mean(dim=(2, 3)).t()
-            return self.model.classify(pooled.view(n, m, -1).mean(dim=1))
-        run = ~empty.reshape(-1)  # streams n * M + m, as CTRGCN.embed orders them
-        pooled = streams.new_empty(n * m, self.model.feature_dim)
-        pooled[run] = self.backbone(streams[:, run]).mean(dim=(2, 3)).t()
-        slots = empty.nonzero()
-        for slot in slots[:, 1].unique().tolist():
-            rows = slots[slots[:, 1] == slot, 0] * m + slot
-            pooled[rows] = self._empty_feature(slot, x)
+            pooled = self.pooled(streams)
+        else:
+            run = ~empty.reshape(-1)  # streams n * M + m, as CTRGCN.embed orders them
+            pooled = streams.new_empty(n * m, self.model.feature_dim)
+            pooled[run] = self.pooled(streams[:, run])
+            slots = empty.nonzero()
+            for slot in slots[:, 1].unique().tolist():
+                rows = slots[slots[:, 1] == slot, 0] * m + slot
+                pooled[rows] = self._empty_feature(slot, x)
         return self.model.classify(pooled.view(n, m, -1).mean(dim=1))
 
-    def backbone(self, streams: Tensor) -> Tensor:
-        """Person streams ``(C, B, T, V)`` -> feature maps, through the given or the model's backbone."""
-        return (self._backbone or self.model.backbone)(streams)
+    def pooled(self, streams: Tensor) -> Tensor:
+        """Person streams ``(C, B, T, V)`` -> per-stream features ``(B, C_out)``, through the given
+        or the model's backbone."""
+        return (self._backbone or self.model.backbone)(streams).mean(dim=(2, 3)).t()
 
     def _empty_feature(self, slot: int, x: Tensor) -> Tensor:
         _, c, t, v, m = x.shape
