@@ -1,9 +1,15 @@
 """How the memory allocator moves CTR-GCN's CPU speed: glibc's default malloc against freed memory
 kept for reuse, for mmcl's CTR-GCN and the upstream-style one.
 
-glibc serves every block above 32 MB with a fresh ``mmap`` and unmaps it on ``free``, so each
-such tensor is page-faulted and zero-filled again by the kernel. ``MALLOC_MMAP_MAX_=0`` with a
-large ``MALLOC_TRIM_THRESHOLD_`` keeps freed memory in the process for reuse instead.
+glibc serves every block above 32 MB with a fresh ``mmap`` and unmaps it on ``free``, and trims
+the top of its heap once enough of it is free, so such memory is page-faulted and zero-filled
+again by the kernel on the next step. Three settings:
+
+* ``default``: glibc as it starts;
+* ``retain``: ``MALLOC_MMAP_MAX_=0`` with a large ``MALLOC_TRIM_THRESHOLD_``: every block from a
+  heap that is never trimmed;
+* ``kept_heap``: what ``mmcl train`` sets (``mmcl.heap.keep_freed_memory``): blocks up to 32 MB
+  from a heap that is never trimmed, larger ones still mapped afresh.
 
 Each round starts one fresh worker process per (implementation, allocator) pair, in an order
 that alternates from round to round, so load from other jobs affects all alike. A worker builds
@@ -15,9 +21,9 @@ the NTU-shaped model (64 frames, 25 joints, 2 persons, 120 classes) and times, l
 
 with the wall time, the kernel (system) CPU time and the minor page faults per call, and the
 process's peak resident memory. Prints ONE JSON object with per-pair medians, mmcl's speed-up
-over the reference under each allocator setting, and each implementation's gain from retaining.
+over the reference under each allocator setting, and each implementation's gain over the default.
 
-    python benchmarks/allocator.py               # ~6 minutes on 2 cores
+    python benchmarks/allocator.py               # ~15 minutes on 2 cores
     python benchmarks/allocator.py --rounds 1 --steps 2
 """
 
@@ -38,15 +44,24 @@ from typing import Callable
 ALLOCATORS = {
     "default": {},
     "retain": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**32)},
+    # What `mmcl train` does (mmcl.heap.keep_freed_memory, called in the worker): blocks up to
+    # 32 MB from a heap that is never trimmed; larger blocks are still mapped afresh.
+    "kept_heap": {},
 }
+IN_PROCESS = {"kept_heap"}
 IMPLEMENTATIONS = ("reference", "mmcl")
 PARTS = ("train_step_batch16", "inference_batch64")
 BATCH = {"train_step_batch16": 16, "inference_batch64": 64}
 
 
-def worker(impl: str, steps: int) -> dict:
+def worker(impl: str, steps: int, keep_heap: bool) -> dict:
     """Time the training step and inference of one implementation in this process (the caller
-    sets the allocator's environment)."""
+    sets the allocator's environment; ``keep_heap`` calls mmcl.heap.keep_freed_memory first)."""
+    if keep_heap:
+        from mmcl.heap import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("keep_freed_memory does not apply here (not Linux with glibc)")
     import torch
     import torch.nn.functional as F
 
@@ -98,6 +113,8 @@ def run_worker(impl: str, allocator: str, steps: int, threads: int | None) -> di
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, __file__, "--worker", impl, "--steps", str(steps)]
+    if allocator in IN_PROCESS:
+        cmd.append("--keep-heap")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -108,9 +125,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed calls per measurement and worker")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the workers")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--keep-heap", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps)))
+        print(json.dumps(worker(args.worker, args.steps, args.keep_heap)))
         return
 
     pairs = [(impl, alloc) for impl in IMPLEMENTATIONS for alloc in ALLOCATORS]
@@ -138,7 +156,10 @@ def main() -> None:
             "system_s_per_call": {key: round(statistics.median(run[part]["system_s"] for run in runs[key]), 3) for key in runs},
             "minor_faults_per_call": {key: statistics.median(run[part]["minor_faults"] for run in runs[key]) for key in runs},
             "speedup_same_allocator": {alloc: ratio(f"reference/{alloc}", f"mmcl/{alloc}", part) for alloc in ALLOCATORS},
-            "retain_gain": {impl: ratio(f"{impl}/default", f"{impl}/retain", part) for impl in IMPLEMENTATIONS},
+            "gain_over_default": {
+                f"{impl}/{alloc}": ratio(f"{impl}/default", f"{impl}/{alloc}", part)
+                for impl in IMPLEMENTATIONS for alloc in ALLOCATORS if alloc != "default"
+            },
         }
     print(json.dumps({
         "benchmark": "allocator",
@@ -147,7 +168,8 @@ def main() -> None:
         "steps": args.steps,
         "peak_rss_mb": {key: max(run["peak_rss_mb"] for run in runs[key]) for key in runs},
         **result,
-        "allocators": ALLOCATORS,
+        "allocators": {k: v or ("mmcl.heap.keep_freed_memory()" if k in IN_PROCESS else "glibc defaults")
+                       for k, v in ALLOCATORS.items()},
     }, indent=2))
 
 

@@ -109,6 +109,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # last K epoch checkpoints kept (the best is always kept)
     model_from: Literal["best", "last"] = "best"  # epoch whose weights/scores the run exports
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # None: the Accelerate config
+    keep_freed_memory: bool = True  # keep freed host memory in the heap for reuse (mmcl.heap)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from mmcl.engine.checkpoint import list_checkpoints
 from mmcl.engine.evaluate import evaluate_weights
 from mmcl.errors import MMCLError
 from mmcl.graphs import Layout
+from mmcl.heap import glibc_malloc
 from mmcl.scores import load_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +164,8 @@ def test_run_directory_follows_the_contract(mmcl_run, toy):
         assert (run / name).is_file(), name
     saved = load_config(run / "config.yaml")
     assert saved.model.fam and saved.model.frm and saved.data.path == str(toy)
+    session = json.loads((run / "run.json").read_text())["sessions"][0]
+    assert saved.train.keep_freed_memory and session["freed_memory_kept"] is glibc_malloc()  # mmcl.heap, on by default
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]

@@ -50,13 +50,14 @@ from mmcl.engine.evaluate import Predictions, predict, score_meta, write_results
 from mmcl.engine.metrics import Metrics, classification_metrics
 from mmcl.engine.report import plot_training_curve, read_metrics, write_json, write_text
 from mmcl.errors import MMCLError
+from mmcl.heap import keep_freed_memory
 from mmcl.models import optimize_for_inference
 from mmcl.scores import load_scores, save_scores
 
 # Config keys that may change when resuming: they do not change the trained weights.
 RESUME_SAFE = frozenset({
     "data.path", "data.num_workers", "train.output_dir", "train.eval_batch_size", "train.log_every",
-    "train.keep_checkpoints", "train.eval_every", "schedule.epochs",
+    "train.keep_checkpoints", "train.eval_every", "train.keep_freed_memory", "schedule.epochs",
 })
 
 
@@ -81,6 +82,8 @@ def train(cfg: Config, run_dir: Path | str, *, resume: bool = False) -> RunResul
     """Train per ``cfg`` into ``run_dir``; with ``resume``, continue from its latest checkpoint."""
     run_dir = Path(run_dir)
     _check_run_dir(cfg, run_dir, resume)
+    # Before the data and model are built, so their blocks too come from the kept heap.
+    heap_kept = cfg.train.keep_freed_memory and keep_freed_memory()
     kwargs: dict[str, Any] = dict(gradient_accumulation_steps=cfg.train.grad_accum,
                                   step_scheduler_with_optimizer=False)
     if cfg.train.mixed_precision is not None:
@@ -89,7 +92,7 @@ def train(cfg: Config, run_dir: Path | str, *, resume: bool = False) -> RunResul
         kwargs.update(log_with="tensorboard", project_dir=str(run_dir))
     accelerator = Accelerator(**kwargs)
     try:
-        return Trainer(cfg, run_dir, accelerator, resume=resume).fit()
+        return Trainer(cfg, run_dir, accelerator, resume=resume, heap_kept=heap_kept).fit()
     finally:
         accelerator.end_training()
 
@@ -117,8 +120,9 @@ def _check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
 class Trainer:
     """Holds one run's prepared objects; :meth:`fit` runs the epochs."""
 
-    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool) -> None:
-        self.cfg, self.run_dir, self.acc = cfg, run_dir, accelerator
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool,
+                 heap_kept: bool = False) -> None:
+        self.cfg, self.run_dir, self.acc, self.heap_kept = cfg, run_dir, accelerator, heap_kept
         self.main = accelerator.is_main_process
         set_seed(cfg.seed)  # the same initial weights on every process
         self.data = build.build_data(cfg)
@@ -212,6 +216,7 @@ class Trainer:
                 "grad_accum": self.cfg.train.grad_accum,
                 "global_batch": self.global_batch,
                 "lr": self.lr,
+                "freed_memory_kept": self.heap_kept,
                 "versions": _versions(),
             })
             info["spec"] = self.spec

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcl.errors import MMCLError
+from mmcl.heap import MMAP_THRESHOLD_MAX
 
 # (in_channels, out_channels, stride, residual) of the ten units, for base width 64.
 _UNITS = (
@@ -62,11 +63,12 @@ _UNITS = (
 TEMPORAL_KERNEL = 5
 DILATIONS = (1, 2)
 # glibc's malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap and
-# unmaps it on free, so the kernel page-faults and zero-fills it again on every allocation. The
-# spatial unit keeps its per-subset tensors apart when stacking them would cross this size: at
-# batch 16 with two actors the stacked conv3 output is 39 MB and the stacked relation 61 MB,
-# which cost about 1 GB of fresh pages and 0.8 s of kernel time per training step on 2 cores.
-FRESH_MAP_BYTES = 32 * 2**20
+# unmaps it on free, so the kernel page-faults and zero-fills it again on every allocation, even
+# with mmcl.heap.keep_freed_memory. The spatial unit keeps its per-subset tensors apart when
+# stacking them would cross this size: at batch 16 with two actors the stacked conv3 output is
+# 39 MB and the stacked relation 61 MB, which cost about 1 GB of fresh pages and 0.8 s of kernel
+# time per training step on 2 cores.
+FRESH_MAP_BYTES = MMAP_THRESHOLD_MAX
 
 
 def _stacked_too_large(numel: int, like: Tensor) -> bool:
