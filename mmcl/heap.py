@@ -9,7 +9,7 @@ defaults the kernel unmaps them and then page-faults and zero-fills them again o
 :func:`keep_freed_memory` raises the mmap threshold to glibc's maximum and turns trimming off:
 blocks up to 32 MB then come from the heap and stay there for reuse, so the process keeps the
 memory of its largest step instead of returning it in between. Larger blocks are still mapped
-afresh, which is why the model avoids them (``mmcl.models.ctrgcn``).
+afresh, which is why the model avoids them where it can (``mmcl.models.ctrgcn``).
 """
 
 from __future__ import annotations
