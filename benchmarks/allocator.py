@@ -23,7 +23,7 @@ with the wall time, the kernel (system) CPU time and the minor page faults per c
 process's peak resident memory. Prints ONE JSON object with per-pair medians, mmcl's speed-up
 over the reference under each allocator setting, and each implementation's gain over the default.
 
-    python benchmarks/allocator.py               # ~15 minutes on 2 cores
+    python benchmarks/allocator.py               # ~20 minutes on 2 cores
     python benchmarks/allocator.py --rounds 1 --steps 2
 """
 

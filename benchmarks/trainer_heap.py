@@ -11,7 +11,7 @@ Prints ONE JSON object: per setting the median seconds per epoch over the epochs
 first (the first also grows the heap), the first epoch's seconds, faults per epoch and peak
 resident memory; and the per-round ratio off / on of the median epoch time.
 
-    python benchmarks/trainer_heap.py               # ~12 minutes on 2 cores
+    python benchmarks/trainer_heap.py               # ~16 minutes on 2 cores
     python benchmarks/trainer_heap.py --rounds 1 --epochs 3
 """
 
