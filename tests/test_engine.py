@@ -166,6 +166,7 @@ def test_run_directory_follows_the_contract(mmcl_run, toy):
     assert saved.model.fam and saved.model.frm and saved.data.path == str(toy)
     session = json.loads((run / "run.json").read_text())["sessions"][0]
     assert saved.train.keep_freed_memory and session["freed_memory_kept"] is glibc_malloc()  # mmcl.heap, on by default
+    assert saved.train.skip_empty_persons  # on by default
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -257,6 +258,14 @@ def test_mmcl_test_needs_no_transformers(mmcl_run, toy, tmp_path):
 
 
 # -- exact resume -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_train_skip_empty_persons_reaches_the_model(toy, tmp_path, skip):
+    cfg = load_config(write_config(tmp_path / "c.yaml", toy, train={"skip_empty_persons": skip}))
+    data = build.build_data(cfg)
+    model = build.build_model(cfg, build.model_spec(cfg, data.ds), data.feature_dims)
+    assert model.backbone.skip_empty_persons is skip
 
 
 def test_resume_after_a_crash_ends_with_the_same_weights(toy, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ fast inference, and the Transformers image encoder. Small shapes: the file runs 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import sys
@@ -191,6 +192,73 @@ def test_fused_model_equals_reference_forward_and_backward(ntu_pair, per_subset,
     for name, p in ours.named_parameters():
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, mapped[name].view_as(p.grad), rtol=1e-7, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_batchnorm_with_repeated_last_stream_equals_explicit_copies(momentum):
+    # _bn(bn, x, last_count=k): BatchNorm as if x's last stream were there k times.
+    torch.manual_seed(0)
+    c, b, t, v, k = 4, 3, 5, 6, 4
+    x = torch.randn(c, b, t, v, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(c, b + k - 1, t, v, dtype=torch.float64)  # one gradient per copy
+    bns = []
+    for _ in range(2):
+        bn = torch.nn.BatchNorm2d(c, momentum=momentum).double()
+        with torch.no_grad():
+            bn.weight.copy_(torch.tensor([1.5, -0.5, 0.8, 2.0]))
+            bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3, 0.2]))
+        bn.num_batches_tracked.fill_(3)
+        bns.append(bn)
+    copies = torch.cat([x, x[:, -1:].expand(c, k - 1, t, v)], dim=1)
+    expected = ctrgcn_module._bn(bns[0], copies)
+    (expected * upstream).sum().backward()
+    expected_grad, x.grad = x.grad, None
+    got = ctrgcn_module._bn(bns[1], x, last_count=k)
+    torch.testing.assert_close(got, expected[:, :b], rtol=1e-12, atol=1e-12)
+    # The last stream stands for its copies: its gradient is the sum of theirs.
+    summed = torch.cat([upstream[:, : b - 1], upstream[:, b - 1 :].sum(1, keepdim=True)], dim=1)
+    (got * summed).sum().backward()
+    torch.testing.assert_close(x.grad, expected_grad, rtol=1e-10, atol=1e-12)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(getattr(bns[1], name).grad, getattr(bns[0], name).grad, rtol=1e-10, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(bns[1], name), getattr(bns[0], name), rtol=1e-12, atol=1e-12)
+
+
+def test_training_runs_all_empty_person_slots_as_one_stream(ntu_pair):
+    # skip_empty_persons: a training step is the full batch's step, with fewer streams run.
+    _, ours = ntu_pair
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, T, 25, 2, dtype=torch.float64)
+    x[[0, 2, 3, 5], :, :, :, 1] = 0  # four one-actor samples
+    labels = torch.tensor([3, 77, 5, 0, 119, 42])
+    results = {}
+    for skip in (False, True):
+        model = copy.deepcopy(ours).train()
+        model.skip_empty_persons = skip
+        streams: list[int] = []
+        model.layers[0].register_forward_pre_hook(lambda _m, args: streams.append(args[0].shape[1]))
+        logits = model(x)
+        F.cross_entropy(logits, labels).backward()
+        results[skip] = (streams, logits, model)
+    (full_streams, expected, full), (shared_streams, got, shared) = results[False], results[True]
+    assert full_streams == [12] and shared_streams == [12 - 4 + 1]
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9 * expected.abs().max().item())
+    # (biases before a training BatchNorm have zero gradient, so compare against the largest one)
+    scale = max(p.grad.abs().max().item() for p in full.parameters())
+    for (name, p), q in zip(full.named_parameters(), shared.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-11 * scale, msg=name)
+    for (name, b), d in zip(full.named_buffers(), shared.buffers()):
+        torch.testing.assert_close(d, b, rtol=1e-9, atol=1e-12, msg=name)
+    # At most one empty slot: nothing to share, the batch runs in full; eval mode never shares
+    # here (optimize_for_inference skips empty slots at test time).
+    x[[2, 3, 5], :, :, :, 1] = 1.0
+    shared(x)
+    x[[2, 3, 5], :, :, :, 1] = 0.0
+    shared.eval()
+    shared(x)
+    assert shared_streams == [9, 12, 12]
+    assert not CTRGCN(60, get_layout("ntu").adjacency()).skip_empty_persons  # opt-in outside mmcl train
 
 
 class _GradView(CTRGCN):

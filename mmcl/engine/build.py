@@ -152,6 +152,7 @@ def build_model(cfg: Config, spec: dict[str, Any], feature_dims: dict[str, int])
     from mmcl.models.mmcl_model import MMCLModel
 
     backbone = build_skeleton_model(spec, cfg.model.dropout)
+    backbone.skip_empty_persons = cfg.train.skip_empty_persons
     rgb_encoder = None
     if cfg.model.fam and cfg.features.rgb_end_to_end:  # the encoder trains with the same optimizer
         from mmcl.models.vision import load_image_encoder

@@ -54,10 +54,12 @@ from mmcl.heap import keep_freed_memory
 from mmcl.models import optimize_for_inference
 from mmcl.scores import load_scores, save_scores
 
-# Config keys that may change when resuming: they do not change the trained weights.
+# Config keys that may change when resuming: they do not change the trained weights (beyond float
+# rounding, as the thread count does).
 RESUME_SAFE = frozenset({
     "data.path", "data.num_workers", "train.output_dir", "train.eval_batch_size", "train.log_every",
-    "train.keep_checkpoints", "train.eval_every", "train.keep_freed_memory", "schedule.epochs",
+    "train.keep_checkpoints", "train.eval_every", "train.keep_freed_memory",
+    "train.skip_empty_persons", "schedule.epochs",
 })
 
 

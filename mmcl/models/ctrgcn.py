@@ -106,10 +106,76 @@ def _pointwise(lin: nn.Linear, x: Tensor) -> Tensor:
     return out.view(lin.out_features, *x.shape[1:])
 
 
-def _bn(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
-    """BatchNorm2d on a channel-first tensor ``(C, B, T, V)``: the same per-channel statistics."""
+def _bn(bn: nn.BatchNorm2d, x: Tensor, last_count: int = 1) -> Tensor:
+    """BatchNorm2d on a channel-first tensor ``(C, B, T, V)``: the same per-channel statistics.
+
+    ``last_count > 1``: the last stream stands for that many identical streams (see
+    :meth:`CTRGCN.pooled_features`), and a training BatchNorm counts it that many times.
+    """
     c, b, t, v = x.shape
+    if last_count > 1 and bn.training:
+        return _bn_repeated_last(bn, x, last_count)
     return bn(x.view(1, c, b * t, v)).view(c, b, t, v)
+
+
+def _bn_repeated_last(bn: nn.BatchNorm2d, x: Tensor, last_count: int) -> Tensor:
+    """Training BatchNorm of ``(C, B, T, V)`` as if its last stream appeared ``last_count`` times.
+
+    The batch statistics (and the running statistics updated from them) are those of the
+    batch with the copies; the gradient is the one the copies would receive, summed.
+    """
+    c, b, t, v = x.shape
+    with torch.no_grad():
+        var_all, mean_all = torch.var_mean(x.view(c, -1), dim=1, correction=0)
+        var_last, mean_last = torch.var_mean(x[:, -1].reshape(c, -1), dim=1, correction=0)
+        # Chan et al.'s pairwise update: the whole batch plus (last_count - 1) more copies of the last stream.
+        n_all, n_more = b * t * v, (last_count - 1) * t * v
+        n = n_all + n_more
+        mean = (n_all * mean_all + n_more * mean_last) / n
+        var = (n_all * var_all + n_more * var_last + (mean_last - mean_all) ** 2 * (n_all * n_more / n)) / n
+        if bn.track_running_stats and bn.running_mean is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean, factor)
+            bn.running_var.lerp_(var * (n / (n - 1)), factor)
+    y = _RepeatedLastBatchNorm.apply(x.view(1, c, b * t, v), bn.weight, bn.bias, mean, var, bn.eps, b, last_count)
+    return y.view(c, b, t, v)
+
+
+class _RepeatedLastBatchNorm(torch.autograd.Function):
+    """``gamma * (x - mean) / sqrt(var + eps) + beta`` with ``mean``/``var`` the statistics of
+    ``x`` with its last stream counted ``last_count`` times, differentiated through them.
+    ``x`` is a channel-first ``(C, B, T, V)`` tensor viewed as ``(1, C, B*T, V)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor, eps: float,
+                streams: int, last_count: int):
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.eps, ctx.streams, ctx.last_count = eps, streams, last_count
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, mean, var = ctx.saved_tensors
+        _, c, bt, v = x.shape
+        b = ctx.streams
+        t = bt // b
+        n = (b - 1 + ctx.last_count) * t * v
+        # The per-channel sums sum(grad * xhat) (= grad of gamma) and sum(grad) (= grad of beta), by
+        # the eval-mode backward. The copies of the last stream share its values, so these sums
+        # over the batch with copies are the plain sums.
+        _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad, x, weight, mean, var, None, None, False, ctx.eps, [False, True, True])
+        # dx = gamma * invstd * grad - count * (a + k * x), the last two terms through mean and var,
+        # per stream times the streams it stands for; k = gamma * invstd^2 * sum(grad * xhat) / n.
+        invstd = torch.rsqrt(var + ctx.eps)
+        k = weight * invstd * invstd * grad_weight / n
+        a = weight * invstd * grad_bias / n - k * mean
+        grad_x = torch.addcmul(a.view(1, c, 1, 1).neg(), x, k.view(1, c, 1, 1).neg())
+        grad_x.addcmul_(grad, (weight * invstd).view(1, c, 1, 1))
+        last = slice((b - 1) * t, None)  # the last stream's frames
+        grad_x[:, :, last].sub_((a.view(1, c, 1, 1) + k.view(1, c, 1, 1) * x[:, :, last]) * (ctx.last_count - 1))
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _max_pool_time(x: Tensor, stride: int) -> Tensor:
@@ -211,8 +277,8 @@ class SpatialUnit(nn.Module):
             return [torch.mm(cols[i], rows[i]).view(c, b, v, v) for i in range(s)]
         return list(torch.bmm(cols, rows).view(s, c, b, v, v).unbind(0))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T, V)``."""
+    def forward(self, x: Tensor, last_count: int = 1) -> Tensor:
+        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T, V)``; ``last_count``: see ``_bn``."""
         cin, b, t, v = x.shape
         s, c = self.subsets, self.out_channels
         x2d = x.reshape(cin, -1)
@@ -228,8 +294,8 @@ class SpatialUnit(nn.Module):
         rels = [rel.view(c * b, v, v) for rel in self.relation(x)]
         # y[c, b] = sum_s value_s[c, b] @ rel_s[c, b]^T
         y = _GraphProduct.apply(s, *values, *rels)
-        y = _bn(self.bn, y.view(c, b, t, v))
-        res = x if self.down is None else _bn(self.down[1], _pointwise(self.down[0], x))
+        y = _bn(self.bn, y.view(c, b, t, v), last_count)
+        res = x if self.down is None else _bn(self.down[1], _pointwise(self.down[0], x), last_count)
         return torch.relu_(y + res)
 
 
@@ -260,10 +326,10 @@ class TemporalUnit(nn.Module):
         for m in (self.entry_bn, self.out_bn):
             _bn_init(m, None)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Channel-first ``(C, B, T, V)`` -> ``(C, B, T', V)``."""
+    def forward(self, x: Tensor, last_count: int = 1) -> Tensor:
+        """Channel-first ``(C, B, T, V)`` -> ``(C, B, T', V)``; ``last_count``: see ``_bn``."""
         q, stride = self.branch_channels, self.stride
-        h = torch.relu_(_bn(self.entry_bn, _pointwise(self.entry, x)))
+        h = torch.relu_(_bn(self.entry_bn, _pointwise(self.entry, x), last_count))
         # split (not slicing): its backward is one concatenation, not a zero-filled buffer per slice.
         *branches, pool_in = h.split(q)
         outs = []
@@ -272,7 +338,7 @@ class TemporalUnit(nn.Module):
             outs.append(conv(hi.transpose(0, 1).contiguous()).transpose(0, 1))
         outs.append(self.pool_affine(_max_pool_time(pool_in, stride)))
         outs.append(_pointwise(self.point, x[:, :, ::stride] if stride > 1 else x))
-        return _bn(self.out_bn, torch.cat(outs, dim=0))
+        return _bn(self.out_bn, torch.cat(outs, dim=0), last_count)
 
 
 class Unit(nn.Module):
@@ -290,11 +356,12 @@ class Unit(nn.Module):
         else:
             self.residual = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.tcn(self.gcn(x))
+    def forward(self, x: Tensor, last_count: int = 1) -> Tensor:
+        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T', V)``; ``last_count``: see ``_bn``."""
+        y = self.tcn(self.gcn(x, last_count), last_count)
         if self.residual is not None:
             xs = x[:, :, :: self.stride] if self.stride > 1 else x
-            y = y + _bn(self.residual[1], _pointwise(self.residual[0], xs))
+            y = y + _bn(self.residual[1], _pointwise(self.residual[0], xs), last_count)
         elif self.identity:
             y = y + x
         return torch.relu_(y)
@@ -333,6 +400,9 @@ class CTRGCN(nn.Module):
         self.fc = nn.Linear(self.feature_dim, num_class)
         nn.init.normal_(self.fc.weight, 0.0, math.sqrt(2.0 / num_class))
         nn.init.zeros_(self.fc.bias)
+        # Training on CPU in float32/64: run one stream for all empty person slots of a batch
+        # (see pooled_features). Off by default; ``mmcl train`` sets it from train.skip_empty_persons.
+        self.skip_empty_persons = False
 
     def _check(self, x: Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[3] != self.num_point or x.shape[4] != self.num_person:
@@ -350,11 +420,13 @@ class CTRGCN(nn.Module):
         # Channel-first layout (C, N*M, T, V) from here on: see the module docstring.
         return x.view(n, m, v, c, t).permute(3, 0, 1, 4, 2).reshape(c, n * m, t, v)
 
-    def backbone(self, streams: Tensor) -> Tensor:
+    def backbone(self, streams: Tensor, last_count: int = 1) -> Tensor:
         """Person streams ``(C, B, T, V)`` -> feature maps ``(C_out, B, T', V)``. Streams never mix
-        here (only the final pooling averages persons), so any subset of them can be run alone."""
+        here (only the final pooling averages persons), so any subset of them can be run alone;
+        in training they meet only in BatchNorm's statistics, which count the last stream
+        ``last_count`` times."""
         for layer in self.layers:
-            streams = layer(streams)
+            streams = layer(streams, last_count)
         return streams
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -362,6 +434,38 @@ class CTRGCN(nn.Module):
         n, _, _, v, m = x.shape
         y = self.backbone(self.embed(x))
         return y.view(y.shape[0], n, m, y.shape[2], v).permute(1, 2, 0, 3, 4)
+
+    def pooled_features(self, x: Tensor) -> Tensor:
+        """Input ``(N, C, T, V, M)`` -> skeleton feature ``(N, C_out)``: ``pool(forward_features(x))``.
+
+        With ``skip_empty_persons`` in training (on CPU, float32/64), all empty person slots of
+        the batch (all-zero, e.g. no second actor) run as one stream. Their streams are
+        identical: the data BatchNorm maps zeros to the same values in every sample, every
+        later layer acts on each stream alone, and BatchNorm normalises all streams with the
+        same batch statistics. So one copy is run, counted once per empty slot in the BatchNorm
+        statistics (``last_count``), and its pooled feature is shared; its gradient is the sum
+        of theirs. The result equals the full batch's up to float summation order.
+        """
+        empty = empty_person_slots(x) if self._skips_empty(x) else None
+        count = 0 if empty is None else int(empty.sum())
+        if empty is None or count < 2:  # (one empty stream costs what its copy would)
+            return self.pool(self.forward_features(x))
+        n, m = empty.shape
+        streams = self.embed(x)
+        slots = empty.reshape(-1)
+        run = (~slots).nonzero().squeeze(1)
+        order = torch.cat([run, slots.nonzero()[:1, 0]])  # the streams to run, one empty one last
+        pooled = self.backbone(streams.index_select(1, order), last_count=count).mean(dim=(2, 3))
+        where = torch.full_like(slots, len(run), dtype=torch.long)  # stream -> its column in pooled
+        where[run] = torch.arange(len(run), device=x.device)
+        return pooled.index_select(1, where).t().reshape(n, m, -1).mean(1)
+
+    def _skips_empty(self, x: Tensor) -> bool:
+        return (
+            self.skip_empty_persons and self.training and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()  # (data-dependent stream counts would recompile)
+        )
 
     def pool(self, features: Tensor) -> Tensor:
         """Feature map ``(N, M, C, T', V)`` -> skeleton feature ``(N, C)``: mean over T', V, then M."""
@@ -372,7 +476,16 @@ class CTRGCN(nn.Module):
         return self.fc(self.drop_out(pooled))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classify(self.pool(self.forward_features(x)))
+        return self.classify(self.pooled_features(x))
+
+
+def empty_person_slots(x: Tensor) -> Tensor:
+    """``(N, M)`` bool: which person slots of the input ``(N, C, T, V, M)`` are all zero.
+    Slot 0 (actor 1) never counts as empty."""
+    n, c, t, v, m = x.shape
+    empty = ~x.reshape(n, c * t * v, m).any(dim=1)
+    empty[:, 0] = False
+    return empty
 
 
 # ----------------------------------------------------------------------------------------------

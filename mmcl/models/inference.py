@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mmcl.errors import MMCLError
-from mmcl.models.ctrgcn import CTRGCN, DILATIONS
+from mmcl.models.ctrgcn import CTRGCN, DILATIONS, empty_person_slots
 
 # Samples per forward chunk on CPU: activations of a few samples stay in cache; at 64 samples per
 # call CTR-GCN's working set spills to memory and runs slower per sample than at batch 1.
@@ -123,8 +123,7 @@ class EmptySlotSkipper:
 
     def __call__(self, x: Tensor) -> Tensor:
         n, c, t, v, m = x.shape
-        empty = ~x.reshape(n, c * t * v, m).any(dim=1)  # (N, M)
-        empty[:, 0] = False
+        empty = empty_person_slots(x)
         streams = self.model.embed(x)
         if m == 1 or not empty.any():
             pooled = self.pooled(streams)

@@ -55,7 +55,7 @@ class MMCLModel(nn.Module):
         self.frm = FRM(text_dim, backbone.num_class) if text_dim else None
 
     def forward(self, x: Tensor, rgb: Tensor | None = None, text: Tensor | None = None) -> dict[str, Tensor]:
-        pooled = self.backbone.pool(self.backbone.forward_features(x))
+        pooled = self.backbone.pooled_features(x)
         out = {"logits": self.backbone.classify(pooled), "skeleton_feature": pooled}
         if self.fam is not None and rgb is not None:
             features = self.rgb_encoder(rgb) if self.rgb_encoder is not None else rgb
