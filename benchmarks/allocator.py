@@ -8,8 +8,9 @@ again by the kernel on the next step. Three settings:
 * ``default``: glibc as it starts;
 * ``retain``: ``MALLOC_MMAP_MAX_=0`` with a large ``MALLOC_TRIM_THRESHOLD_``: every block from a
   heap that is never trimmed;
-* ``kept_heap``: what ``mmcl train`` sets (``mmcl.heap.keep_freed_memory``): blocks up to 32 MB
-  from a heap that is never trimmed, larger ones still mapped afresh.
+* ``kept_heap``: what ``mmcl train`` sets (``mmcl.heap.keep_freed_memory``), through ``mallopt``
+  at run time: every block from a heap that is never trimmed, as ``retain``. (Until session 11
+  it kept blocks up to 32 MB only, and mapped larger ones afresh.)
 
 Each round starts one fresh worker process per (implementation, allocator) pair, in an order
 that alternates from round to round, so load from other jobs affects all alike. A worker builds
@@ -44,8 +45,8 @@ from typing import Callable
 ALLOCATORS = {
     "default": {},
     "retain": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**32)},
-    # What `mmcl train` does (mmcl.heap.keep_freed_memory, called in the worker): blocks up to
-    # 32 MB from a heap that is never trimmed; larger blocks are still mapped afresh.
+    # What `mmcl train` does (mmcl.heap.keep_freed_memory, called in the worker): every block
+    # from a heap that is never trimmed, set by mallopt at run time.
     "kept_heap": {},
 }
 IN_PROCESS = {"kept_heap"}
