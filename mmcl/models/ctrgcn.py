@@ -29,6 +29,8 @@ checks outputs and gradients against a plain implementation with the same weight
   and its four branch BatchNorms (per channel) are one BatchNorm after the concatenation.
 * Max-pooling over time reads the tensor as a channels-last image with joints as channels,
   PyTorch's vectorised kernel (several times faster than the default for a (3, 1) window).
+* Optionally (``skip_empty_persons``, on in ``mmcl train`` on CPU), a training batch runs all its
+  empty person slots as one stream that BatchNorm counts once per slot (``pooled_features``).
 
 ``load_upstream_state_dict`` maps a checkpoint of the original code (``l1.gcn1.convs.0.conv1``
 ...) onto this model, so published CTR-GCN weights can be used as they are.
@@ -461,6 +463,7 @@ class CTRGCN(nn.Module):
         return pooled.index_select(1, where).t().reshape(n, m, -1).mean(1)
 
     def _skips_empty(self, x: Tensor) -> bool:
+        """Whether ``pooled_features`` shares empty slots for this input (see there)."""
         return (
             self.skip_empty_persons and self.training and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
