@@ -66,10 +66,10 @@ TEMPORAL_KERNEL = 5
 DILATIONS = (1, 2)
 # glibc's malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap and
 # unmaps it on free, so the kernel page-faults and zero-fills it again on every allocation, unless
-# mmcl.heap.keep_freed_memory is on (as in mmcl train; not in mmcl test). The spatial unit keeps its per-subset tensors apart when
-# stacking them would cross this size: at batch 16 with two actors the stacked conv3 output is
-# 39 MB and the stacked relation 61 MB, which cost about 1 GB of fresh pages and 0.8 s of kernel
-# time per training step on 2 cores.
+# mmcl.heap.keep_freed_memory is on (as in mmcl train; not in mmcl test). The spatial unit keeps
+# its per-subset tensors apart when stacking them would cross this size: at batch 16 with two
+# actors the stacked conv3 output is 39 MB and the stacked relation 61 MB, which cost about 1 GB
+# of fresh pages and 0.8 s of kernel time per training step on 2 cores (under glibc's default).
 FRESH_MAP_BYTES = MMAP_THRESHOLD_MAX
 
 
