@@ -5,10 +5,10 @@
 run as one stream). Each round starts two fresh training processes in turn, one with the setting
 on (the default) and one with it off, in an order that alternates from round to round. Both
 train the joint stream on the built-in synthetic set (NTU layout, 2 person slots; 352 of its 480
-clips have one actor), NTU-shaped: 64-frame clips, batch 16, ``--steps`` updates per epoch for
-``--epochs`` epochs, tested only after the last. A worker times every training epoch
-(``Trainer.train_epoch``: loading, augmentation and the steps) with its minor page faults and
-kernel CPU time.
+clips have one actor), NTU-shaped: 64-frame clips, ``--batch`` samples per update (16),
+``--steps`` updates per epoch for ``--epochs`` epochs, tested only after the last. A worker
+times every training epoch (``Trainer.train_epoch``: loading, augmentation and the steps) with
+its minor page faults and kernel CPU time.
 
 Prints ONE JSON object: per setting the median seconds per epoch over the epochs after the
 first (the first also grows the heap), the first epoch's seconds, faults per epoch and peak
@@ -17,6 +17,7 @@ resident memory; and the per-round ratio off / on of the median epoch time.
     python benchmarks/trainer_ab.py                                  # ~16 minutes on 2 cores
     python benchmarks/trainer_ab.py --setting skip_empty_persons     # ~13 minutes
     python benchmarks/trainer_ab.py --rounds 1 --epochs 3
+    python benchmarks/trainer_ab.py --batch 64 --rounds 2 --epochs 3 --steps 4   # ~12 minutes
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SETTINGS = ("on", "off")
 KEYS = ("keep_freed_memory", "skip_empty_persons")  # boolean keys of the config's train section
 
 
-def worker(data: Path, run_dir: Path, key: str, on: bool, epochs: int, steps: int) -> dict:
+def worker(data: Path, run_dir: Path, key: str, on: bool, epochs: int, steps: int, batch: int) -> dict:
     """Train once in this process; per training epoch: seconds, minor faults, kernel seconds."""
     from mmcl.config import load_config
     from mmcl.engine import trainer
@@ -54,7 +55,7 @@ def worker(data: Path, run_dir: Path, key: str, on: bool, epochs: int, steps: in
 
     trainer.Trainer.train_epoch = timed_epoch
     cfg = load_config(REPO / "configs/synthetic/xsub/joint.yaml", [
-        f"data.path={data}", "data.window=64", "train.batch_size=16", f"train.max_steps_per_epoch={steps}",
+        f"data.path={data}", "data.window=64", f"train.batch_size={batch}", f"train.max_steps_per_epoch={steps}",
         f"schedule.epochs={epochs}", "schedule.warmup_epochs=1", f"schedule.lr_steps=[{epochs}]",
         f"train.eval_every={epochs}", f"train.{key}={str(on).lower()}",
     ])
@@ -63,9 +64,9 @@ def worker(data: Path, run_dir: Path, key: str, on: bool, epochs: int, steps: in
             "test_top1": result.last_top1}
 
 
-def run_worker(data: Path, run_dir: Path, key: str, setting: str, epochs: int, steps: int) -> dict:
+def run_worker(data: Path, run_dir: Path, key: str, setting: str, epochs: int, steps: int, batch: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", setting, "--data", str(data), "--run-dir", str(run_dir),
-           "--setting", key, "--epochs", str(epochs), "--steps", str(steps)]
+           "--setting", key, "--epochs", str(epochs), "--steps", str(steps), "--batch", str(batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise SystemExit(f"worker {setting} failed:\n{out.stderr[-3000:]}")
@@ -78,12 +79,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8, help="training updates per epoch")
+    parser.add_argument("--batch", type=int, default=16, help="samples per update")
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.data, args.run_dir, args.setting, args.worker == "on", args.epochs, args.steps)))
+        print(json.dumps(worker(args.data, args.run_dir, args.setting, args.worker == "on", args.epochs, args.steps,
+                                args.batch)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +96,8 @@ def main() -> None:
         runs: dict[str, list[dict]] = {s: [] for s in SETTINGS}
         for r in range(args.rounds):
             for setting in SETTINGS if r % 2 == 0 else SETTINGS[::-1]:
-                run = run_worker(data, Path(tmp) / f"run-{r}-{setting}", args.setting, setting, args.epochs, args.steps)
+                run = run_worker(data, Path(tmp) / f"run-{r}-{setting}", args.setting, setting, args.epochs, args.steps,
+                                 args.batch)
                 runs[setting].append(run)
                 print(f"round {r} {setting}: {run}", file=sys.stderr, flush=True)
 
@@ -114,7 +118,8 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "trainer_ab",
         "setting": f"train.{args.setting}",
-        "samples_per_epoch": args.steps * 16,
+        "batch": args.batch,
+        "samples_per_epoch": args.steps * args.batch,
         "epochs": args.epochs,
         "rounds": args.rounds,
         **summary,
