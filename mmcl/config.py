@@ -111,6 +111,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # None: the Accelerate config
     keep_freed_memory: bool = True  # keep freed host memory in the heap for reuse (mmcl.heap)
     skip_empty_persons: bool = True  # on CPU (fp32): empty person slots of a batch run as one stream
+    sync_batchnorm: bool = False  # several processes: BatchNorm statistics over the global batch
 
 
 @dataclass

@@ -372,6 +372,28 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(toy, tmp_pat
     assert len([r for r in steps if r["kind"] == "step"]) == 4  # 2 updates per epoch, not 4
 
 
+def test_two_synced_processes_normalise_like_one_process_with_the_whole_batch(toy, tmp_path):
+    """train.sync_batchnorm: after one update of 2 processes × batch 4, every BatchNorm's running
+    statistics are those of 1 process × batch 8 (per-process BatchNorm misses them by ~30 %).
+    (The math, gradients included, is checked exactly in float64 by tests/test_sync_batchnorm.py;
+    in float32 the toy clips' near-constant joints make the weights too ill-conditioned to compare.)"""
+    config = write_config(tmp_path / "c.yaml", toy, data={"rotate": 0.0}, optim={"lr": 0.05, "reference_batch": 4},
+                          schedule={"epochs": 1, "warmup_epochs": 1, "lr_steps": [1]},
+                          train={"max_steps_per_epoch": 1})
+    ddp_out = _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                       "--dynamo_backend", "no", "--main_process_port", "29534", "-m", "mmcl", "train",
+                       "--config", str(config), "--output-dir", str(tmp_path / "ddp"),
+                       "--set", "train.sync_batchnorm=true"], cwd=tmp_path)
+    assert "normalises BatchNorm" not in ddp_out
+    train_run(config, tmp_path / "one", "train.batch_size=8")
+    a = weights(tmp_path / "ddp" / "checkpoints" / "epoch_1" / "model.safetensors")
+    b = weights(tmp_path / "one" / "checkpoints" / "epoch_1" / "model.safetensors")
+    stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 2 * 36  # data_bn and the backbone's 35 BatchNorms
+    for key in stats:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_lr_scaling_and_ctrgcn_schedule():
     cfg = load_config(REPO / "configs" / "ntu60" / "xsub" / "joint.yaml",
                       ["train.batch_size=16", "train.grad_accum=2"])
@@ -389,6 +411,9 @@ def test_batchnorm_note_only_for_small_per_process_batches():
     assert build.batchnorm_note(cfg, 1) is None  # one process: BatchNorm sees the whole batch
     big = load_config(REPO / "configs" / "synthetic" / "xsub" / "joint.yaml", ["train.batch_size=8"])
     assert build.batchnorm_note(big, 4) is None
+    synced = load_config(REPO / "configs" / "synthetic" / "xsub" / "joint.yaml", ["train.batch_size=4",
+                                                                                  "train.sync_batchnorm=true"])
+    assert build.batchnorm_note(synced, 2) is None  # statistics over the global batch
 
 
 # -- bad input ----------------------------------------------------------------------------------

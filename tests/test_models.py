@@ -196,7 +196,7 @@ def test_fused_model_equals_reference_forward_and_backward(ntu_pair, per_subset,
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
 def test_batchnorm_with_repeated_last_stream_equals_explicit_copies(momentum):
-    # _bn(bn, x, last_count=k): BatchNorm as if x's last stream were there k times.
+    # _bn with last_count=k: BatchNorm as if x's last stream were there k times.
     torch.manual_seed(0)
     c, b, t, v, k = 4, 3, 5, 6, 4
     x = torch.randn(c, b, t, v, dtype=torch.float64, requires_grad=True)
@@ -213,7 +213,7 @@ def test_batchnorm_with_repeated_last_stream_equals_explicit_copies(momentum):
     expected = ctrgcn_module._bn(bns[0], copies)
     (expected * upstream).sum().backward()
     expected_grad, x.grad = x.grad, None
-    got = ctrgcn_module._bn(bns[1], x, last_count=k)
+    got = ctrgcn_module._bn(bns[1], x, ctrgcn_module.BatchNormMode(last_count=k))
     torch.testing.assert_close(got, expected[:, :b], rtol=1e-12, atol=1e-12)
     # The last stream stands for its copies: its gradient is the sum of theirs.
     summed = torch.cat([upstream[:, : b - 1], upstream[:, b - 1 :].sum(1, keepdim=True)], dim=1)

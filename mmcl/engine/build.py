@@ -153,6 +153,7 @@ def build_model(cfg: Config, spec: dict[str, Any], feature_dims: dict[str, int])
 
     backbone = build_skeleton_model(spec, cfg.model.dropout)
     backbone.skip_empty_persons = cfg.train.skip_empty_persons
+    backbone.sync_batchnorm = cfg.train.sync_batchnorm  # (CPU processes; GPUs: see sync_gpu_batchnorm)
     rgb_encoder = None
     if cfg.model.fam and cfg.features.rgb_end_to_end:  # the encoder trains with the same optimizer
         from mmcl.models.vision import load_image_encoder
@@ -197,16 +198,25 @@ def batchnorm_note(cfg: Config, num_processes: int) -> str | None:
 
     DDP keeps BatchNorm per process (as upstream's per-GPU DataParallel did), so its statistics
     come from ``train.batch_size`` samples, whatever the global batch; gradient accumulation
-    does not enlarge them.
+    does not enlarge them. ``train.sync_batchnorm`` gathers them over all processes instead.
     """
     per_process = cfg.train.batch_size
-    if num_processes < 2 or per_process >= BATCHNORM_MIN_PER_PROCESS:
+    if num_processes < 2 or per_process >= BATCHNORM_MIN_PER_PROCESS or cfg.train.sync_batchnorm:
         return None
     return (
         f"warning: each of the {num_processes} processes normalises BatchNorm over its own "
         f"{per_process} samples (train.batch_size); below {BATCHNORM_MIN_PER_PROCESS} this cost "
-        f"accuracy in our runs. Use fewer processes or a larger train.batch_size."
+        f"accuracy in our runs. Use fewer processes, a larger train.batch_size, or "
+        f"train.sync_batchnorm=true."
     )
+
+
+def sync_gpu_batchnorm(cfg: Config, model: torch.nn.Module, device: torch.device, num_processes: int) -> torch.nn.Module:
+    """With ``train.sync_batchnorm`` and several GPU processes: PyTorch's ``nn.SyncBatchNorm`` in
+    place of every BatchNorm. (CPU processes sync in the model itself: ``CTRGCN.sync_batchnorm``.)"""
+    if cfg.train.sync_batchnorm and num_processes > 1 and device.type != "cpu":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def lr_factor(cfg: Config) -> Callable[[int], float]:

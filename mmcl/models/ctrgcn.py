@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -108,76 +110,115 @@ def _pointwise(lin: nn.Linear, x: Tensor) -> Tensor:
     return out.view(lin.out_features, *x.shape[1:])
 
 
-def _bn(bn: nn.BatchNorm2d, x: Tensor, last_count: int = 1) -> Tensor:
-    """BatchNorm2d on a channel-first tensor ``(C, B, T, V)``: the same per-channel statistics.
+@dataclass(frozen=True)
+class BatchNormMode:
+    """Where a training BatchNorm takes its batch statistics from.
 
-    ``last_count > 1``: the last stream stands for that many identical streams (see
-    :meth:`CTRGCN.pooled_features`), and a training BatchNorm counts it that many times.
+    ``last_count``: the last person stream stands for that many identical streams (empty slots
+    shared, see :meth:`CTRGCN.pooled_features`) and is counted that many times. ``sync``: the
+    statistics are those of the whole batch across the processes of the default
+    ``torch.distributed`` group, as ``nn.SyncBatchNorm`` does on GPUs (here for CPU processes).
     """
+
+    last_count: int = 1
+    sync: bool = False
+
+
+PLAIN_BATCHNORM = BatchNormMode()
+
+
+def _bn(bn: nn.BatchNorm2d, x: Tensor, mode: BatchNormMode = PLAIN_BATCHNORM) -> Tensor:
+    """BatchNorm2d on a channel-first tensor ``(C, B, T, V)``: the same per-channel statistics,
+    gathered per ``mode`` in training."""
     c, b, t, v = x.shape
-    if last_count > 1 and bn.training:
-        return _bn_repeated_last(bn, x, last_count)
+    if bn.training and (mode.last_count > 1 or mode.sync):
+        return _bn_gathered(bn, x.view(1, c, b * t, v), t, mode).view(c, b, t, v)
     return bn(x.view(1, c, b * t, v)).view(c, b, t, v)
 
 
-def _bn_repeated_last(bn: nn.BatchNorm2d, x: Tensor, last_count: int) -> Tensor:
-    """Training BatchNorm of ``(C, B, T, V)`` as if its last stream appeared ``last_count`` times.
+def _merge_stats(a: tuple, b: tuple) -> tuple:
+    """Count, mean and (biased) variance of two sets together (Chan et al.'s pairwise update)."""
+    (n_a, mean_a, var_a), (n_b, mean_b, var_b) = a, b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), (n_a * var_a + n_b * var_b + delta**2 * (n_a * n_b / n)) / n
 
-    The batch statistics (and the running statistics updated from them) are those of the
-    batch with the copies; the gradient is the one the copies would receive, summed.
-    """
-    c, b, t, v = x.shape
+
+def _bn_gathered(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, last_rows: int, mode: BatchNormMode) -> Tensor:
+    """Training BatchNorm of ``x`` ``(N, C, L, W)`` with statistics gathered per ``mode``: the
+    last ``last_rows`` positions along L (the last stream) counted ``mode.last_count`` times, and
+    all processes' batches together when ``mode.sync``. The running statistics follow the same
+    statistics; the gradient is the one the copies (and the other processes' samples) give."""
+    c = x.shape[1]
     with torch.no_grad():
-        var_all, mean_all = torch.var_mean(x.view(c, -1), dim=1, correction=0)
-        var_last, mean_last = torch.var_mean(x[:, -1].reshape(c, -1), dim=1, correction=0)
-        # Chan et al.'s pairwise update: the whole batch plus (last_count - 1) more copies of the last stream.
-        n_all, n_more = b * t * v, (last_count - 1) * t * v
-        n = n_all + n_more
-        mean = (n_all * mean_all + n_more * mean_last) / n
-        var = (n_all * var_all + n_more * var_last + (mean_last - mean_all) ** 2 * (n_all * n_more / n)) / n
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        stats = (x.numel() // c, mean, var)
+        if mode.last_count > 1:
+            tail = x[:, :, -last_rows:]
+            var_t, mean_t = torch.var_mean(tail, dim=(0, 2, 3), correction=0)
+            stats = _merge_stats(stats, ((mode.last_count - 1) * (tail.numel() // c), mean_t, var_t))
+        if mode.sync:
+            stats = _all_processes_stats(stats)
+        n, mean, var = stats
         if bn.track_running_stats and bn.running_mean is not None:
             bn.num_batches_tracked.add_(1)
             factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
             bn.running_mean.lerp_(mean, factor)
             bn.running_var.lerp_(var * (n / (n - 1)), factor)
-    y = _RepeatedLastBatchNorm.apply(x.view(1, c, b * t, v), bn.weight, bn.bias, mean, var, bn.eps, b, last_count)
-    return y.view(c, b, t, v)
+    return _GatheredBatchNorm.apply(x, bn.weight, bn.bias, mean, var, bn.eps, n, last_rows, mode)
 
 
-class _RepeatedLastBatchNorm(torch.autograd.Function):
-    """``gamma * (x - mean) / sqrt(var + eps) + beta`` with ``mean``/``var`` the statistics of
-    ``x`` with its last stream counted ``last_count`` times, differentiated through them.
-    ``x`` is a channel-first ``(C, B, T, V)`` tensor viewed as ``(1, C, B*T, V)``."""
+def _all_processes_stats(stats: tuple) -> tuple:
+    """Merge each process's (count, mean, variance) over the default process group, in rank order
+    (so every process gets the same result)."""
+    n, mean, var = stats
+    packed = torch.cat([mean.new_tensor([n], dtype=torch.float64), mean.double(), var.double()])
+    parts = [torch.empty_like(packed) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, packed)
+    c = mean.numel()
+    merged = None
+    for part in parts:
+        one = (int(part[0]), part[1 : 1 + c], part[1 + c :])
+        merged = one if merged is None else _merge_stats(merged, one)
+    return merged[0], merged[1].to(mean.dtype), merged[2].to(var.dtype)
+
+
+class _GatheredBatchNorm(torch.autograd.Function):
+    """``gamma * (x - mean) / sqrt(var + eps) + beta`` with ``mean``/``var`` gathered by
+    :func:`_bn_gathered` over ``n`` values, differentiated through them."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor, eps: float,
-                streams: int, last_count: int):
+                n: int, last_rows: int, mode: BatchNormMode):
         ctx.save_for_backward(x, weight, mean, var)
-        ctx.eps, ctx.streams, ctx.last_count = eps, streams, last_count
+        ctx.eps, ctx.n, ctx.last_rows, ctx.mode = eps, n, last_rows, mode
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, mean, var = ctx.saved_tensors
-        _, c, bt, v = x.shape
-        b = ctx.streams
-        t = bt // b
-        n = (b - 1 + ctx.last_count) * t * v
+        c, mode = x.shape[1], ctx.mode
         # The per-channel sums sum(grad * xhat) (= grad of gamma) and sum(grad) (= grad of beta), by
         # the eval-mode backward. The copies of the last stream share its values, so these sums
-        # over the batch with copies are the plain sums.
+        # over the batch with copies are the plain sums; with sync, they are summed over processes
+        # (gamma's and beta's own gradients stay per process: DDP averages them).
         _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad, x, weight, mean, var, None, None, False, ctx.eps, [False, True, True])
+        sums = torch.cat([grad_weight, grad_bias])
+        if mode.sync:
+            dist.all_reduce(sums)
+        sum_xhat, sum_grad = sums.split(c)
         # dx = gamma * invstd * grad - count * (a + k * x), the last two terms through mean and var,
         # per stream times the streams it stands for; k = gamma * invstd^2 * sum(grad * xhat) / n.
         invstd = torch.rsqrt(var + ctx.eps)
-        k = weight * invstd * invstd * grad_weight / n
-        a = weight * invstd * grad_bias / n - k * mean
-        grad_x = torch.addcmul(a.view(1, c, 1, 1).neg(), x, k.view(1, c, 1, 1).neg())
+        k = (weight * invstd * invstd * sum_xhat / ctx.n).view(1, c, 1, 1)
+        a = (weight * invstd * sum_grad / ctx.n).view(1, c, 1, 1) - k * mean.view(1, c, 1, 1)
+        grad_x = torch.addcmul(a.neg(), x, k.neg())
         grad_x.addcmul_(grad, (weight * invstd).view(1, c, 1, 1))
-        last = slice((b - 1) * t, None)  # the last stream's frames
-        grad_x[:, :, last].sub_((a.view(1, c, 1, 1) + k.view(1, c, 1, 1) * x[:, :, last]) * (ctx.last_count - 1))
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+        if mode.last_count > 1:
+            last = slice(x.shape[2] - ctx.last_rows, None)  # the last stream's frames
+            grad_x[:, :, last].sub_((a + k * x[:, :, last]) * (mode.last_count - 1))
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def _max_pool_time(x: Tensor, stride: int) -> Tensor:
@@ -279,8 +320,8 @@ class SpatialUnit(nn.Module):
             return [torch.mm(cols[i], rows[i]).view(c, b, v, v) for i in range(s)]
         return list(torch.bmm(cols, rows).view(s, c, b, v, v).unbind(0))
 
-    def forward(self, x: Tensor, last_count: int = 1) -> Tensor:
-        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T, V)``; ``last_count``: see ``_bn``."""
+    def forward(self, x: Tensor, bn_mode: BatchNormMode = PLAIN_BATCHNORM) -> Tensor:
+        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T, V)``; ``bn_mode``: see ``_bn``."""
         cin, b, t, v = x.shape
         s, c = self.subsets, self.out_channels
         x2d = x.reshape(cin, -1)
@@ -296,8 +337,8 @@ class SpatialUnit(nn.Module):
         rels = [rel.view(c * b, v, v) for rel in self.relation(x)]
         # y[c, b] = sum_s value_s[c, b] @ rel_s[c, b]^T
         y = _GraphProduct.apply(s, *values, *rels)
-        y = _bn(self.bn, y.view(c, b, t, v), last_count)
-        res = x if self.down is None else _bn(self.down[1], _pointwise(self.down[0], x), last_count)
+        y = _bn(self.bn, y.view(c, b, t, v), bn_mode)
+        res = x if self.down is None else _bn(self.down[1], _pointwise(self.down[0], x), bn_mode)
         return torch.relu_(y + res)
 
 
@@ -328,10 +369,10 @@ class TemporalUnit(nn.Module):
         for m in (self.entry_bn, self.out_bn):
             _bn_init(m, None)
 
-    def forward(self, x: Tensor, last_count: int = 1) -> Tensor:
-        """Channel-first ``(C, B, T, V)`` -> ``(C, B, T', V)``; ``last_count``: see ``_bn``."""
+    def forward(self, x: Tensor, bn_mode: BatchNormMode = PLAIN_BATCHNORM) -> Tensor:
+        """Channel-first ``(C, B, T, V)`` -> ``(C, B, T', V)``; ``bn_mode``: see ``_bn``."""
         q, stride = self.branch_channels, self.stride
-        h = torch.relu_(_bn(self.entry_bn, _pointwise(self.entry, x), last_count))
+        h = torch.relu_(_bn(self.entry_bn, _pointwise(self.entry, x), bn_mode))
         # split (not slicing): its backward is one concatenation, not a zero-filled buffer per slice.
         *branches, pool_in = h.split(q)
         outs = []
@@ -340,7 +381,7 @@ class TemporalUnit(nn.Module):
             outs.append(conv(hi.transpose(0, 1).contiguous()).transpose(0, 1))
         outs.append(self.pool_affine(_max_pool_time(pool_in, stride)))
         outs.append(_pointwise(self.point, x[:, :, ::stride] if stride > 1 else x))
-        return _bn(self.out_bn, torch.cat(outs, dim=0), last_count)
+        return _bn(self.out_bn, torch.cat(outs, dim=0), bn_mode)
 
 
 class Unit(nn.Module):
@@ -358,12 +399,12 @@ class Unit(nn.Module):
         else:
             self.residual = None
 
-    def forward(self, x: Tensor, last_count: int = 1) -> Tensor:
-        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T', V)``; ``last_count``: see ``_bn``."""
-        y = self.tcn(self.gcn(x, last_count), last_count)
+    def forward(self, x: Tensor, bn_mode: BatchNormMode = PLAIN_BATCHNORM) -> Tensor:
+        """Channel-first ``(C_in, B, T, V)`` -> ``(C_out, B, T', V)``; ``bn_mode``: see ``_bn``."""
+        y = self.tcn(self.gcn(x, bn_mode), bn_mode)
         if self.residual is not None:
             xs = x[:, :, :: self.stride] if self.stride > 1 else x
-            y = y + _bn(self.residual[1], _pointwise(self.residual[0], xs), last_count)
+            y = y + _bn(self.residual[1], _pointwise(self.residual[0], xs), bn_mode)
         elif self.identity:
             y = y + x
         return torch.relu_(y)
@@ -405,6 +446,9 @@ class CTRGCN(nn.Module):
         # Training on CPU in float32/64: run one stream for all empty person slots of a batch
         # (see pooled_features). Off by default; ``mmcl train`` sets it from train.skip_empty_persons.
         self.skip_empty_persons = False
+        # Training on CPU under torch.distributed: BatchNorm statistics over all processes' batches
+        # (BatchNormMode.sync). Off by default; ``mmcl train`` sets it from train.sync_batchnorm.
+        self.sync_batchnorm = False
 
     def _check(self, x: Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[3] != self.num_point or x.shape[4] != self.num_person:
@@ -418,7 +462,11 @@ class CTRGCN(nn.Module):
         (stream ``n * M + m`` is person ``m`` of sample ``n``)."""
         self._check(x)
         n, c, t, v, m = x.shape
-        x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))
+        x = x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t)
+        if self.data_bn.training and self._syncs(x):
+            x = _bn_gathered(self.data_bn, x.unsqueeze(-1), t, BatchNormMode(sync=True)).squeeze(-1)
+        else:
+            x = self.data_bn(x)
         # Channel-first layout (C, N*M, T, V) from here on: see the module docstring.
         return x.view(n, m, v, c, t).permute(3, 0, 1, 4, 2).reshape(c, n * m, t, v)
 
@@ -426,10 +474,18 @@ class CTRGCN(nn.Module):
         """Person streams ``(C, B, T, V)`` -> feature maps ``(C_out, B, T', V)``. Streams never mix
         here (only the final pooling averages persons), so any subset of them can be run alone;
         in training they meet only in BatchNorm's statistics, which count the last stream
-        ``last_count`` times."""
+        ``last_count`` times (and, with ``sync_batchnorm``, span all processes)."""
+        mode = BatchNormMode(last_count, self._syncs(streams))
         for layer in self.layers:
-            streams = layer(streams, last_count)
+            streams = layer(streams, mode)
         return streams
+
+    def _syncs(self, x: Tensor) -> bool:
+        """Whether training BatchNorms gather statistics over all processes (see ``sync_batchnorm``)."""
+        return (
+            self.sync_batchnorm and self.training and x.device.type == "cpu"
+            and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        )
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Input ``(N, C, T, V, M)`` -> feature map ``(N, M, C_out, T', V)`` before pooling."""
