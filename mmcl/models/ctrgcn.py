@@ -31,6 +31,8 @@ checks outputs and gradients against a plain implementation with the same weight
   PyTorch's vectorised kernel (several times faster than the default for a (3, 1) window).
 * Optionally (``skip_empty_persons``, on in ``mmcl train`` on CPU), a training batch runs all its
   empty person slots as one stream that BatchNorm counts once per slot (``pooled_features``).
+* Optionally (``sync_batchnorm``), training BatchNorms on CPU processes take their statistics
+  from all processes' batches together (``BatchNormMode``), as ``nn.SyncBatchNorm`` does on GPUs.
 
 ``load_upstream_state_dict`` maps a checkpoint of the original code (``l1.gcn1.convs.0.conv1``
 ...) onto this model, so published CTR-GCN weights can be used as they are.
