@@ -484,10 +484,17 @@ class CTRGCN(nn.Module):
 
     def _syncs(self, x: Tensor) -> bool:
         """Whether training BatchNorms gather statistics over all processes (see ``sync_batchnorm``)."""
-        return (
+        syncs = (
             self.sync_batchnorm and self.training and x.device.type == "cpu"
             and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         )
+        if syncs and (x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu")):
+            raise MMCLError(
+                f"train.sync_batchnorm on CPU processes needs float32 training, got {x.dtype} "
+                f"(autocast {'on' if torch.is_autocast_enabled('cpu') else 'off'}); "
+                "turn off mixed precision or sync_batchnorm"
+            )
+        return syncs
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Input ``(N, C, T, V, M)`` -> feature map ``(N, M, C_out, T', V)`` before pooling."""
