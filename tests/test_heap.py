@@ -11,8 +11,11 @@ import pytest
 
 from mmcl.heap import glibc_malloc, keep_freed_memory
 
-# Two warm-up and two measured CTR-GCN training steps (NTU shape, batch 2), in a fresh process so
+# Two warm-up and six measured CTR-GCN training steps (NTU shape, batch 2), in a fresh process so
 # the allocator starts from its defaults; prints the measured steps' page faults and peak memory.
+# (Six, not two: with memory kept, glibc's heap still grows now and then, by a few MB, when the
+# small chunks that 64-byte-aligned allocations leave keep freed blocks from merging: 2 to 3,300
+# faults in two steps here, depending on where the heap lands, against 16-22k without.)
 _STEPS = textwrap.dedent("""
     import json, resource, sys
     import torch, torch.nn.functional as F
@@ -31,7 +34,8 @@ _STEPS = textwrap.dedent("""
         optimizer.step()
     step(); step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step(); step()
+    for _ in range(6):
+        step()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"kept": kept, "faults": usage.ru_minflt - before, "peak_mb": usage.ru_maxrss / 1024}))
 """)
@@ -48,9 +52,9 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in():
     default, kept = _steps("default"), _steps("keep")
     assert kept["kept"] is True
     if default["faults"] < 2000:
-        pytest.skip(f"this malloc already keeps freed memory ({default['faults']} faults in 2 steps)")
-    # Freed blocks are reused: (nearly) no fresh pages, and no more memory than before.
-    assert kept["faults"] < default["faults"] / 10, (default, kept)
+        pytest.skip(f"this malloc already keeps freed memory ({default['faults']} faults in 6 steps)")
+    # Freed blocks are reused: far fewer fresh pages, and no more memory than before.
+    assert kept["faults"] < default["faults"] / 6, (default, kept)  # measured: 6-3,600 against 51k
     assert kept["peak_mb"] < default["peak_mb"] * 1.1, (default, kept)
 
 
