@@ -153,7 +153,6 @@ def build_model(cfg: Config, spec: dict[str, Any], feature_dims: dict[str, int])
 
     backbone = build_skeleton_model(spec, cfg.model.dropout)
     backbone.skip_empty_persons = cfg.train.skip_empty_persons
-    backbone.sync_batchnorm = cfg.train.sync_batchnorm  # (CPU processes; GPUs: see sync_gpu_batchnorm)
     rgb_encoder = None
     if cfg.model.fam and cfg.features.rgb_end_to_end:  # the encoder trains with the same optimizer
         from mmcl.models.vision import load_image_encoder
@@ -211,12 +210,16 @@ def batchnorm_note(cfg: Config, num_processes: int) -> str | None:
     )
 
 
-def sync_gpu_batchnorm(cfg: Config, model: torch.nn.Module, device: torch.device, num_processes: int) -> torch.nn.Module:
-    """With ``train.sync_batchnorm`` and several GPU processes: PyTorch's ``nn.SyncBatchNorm`` in
-    place of every BatchNorm. (CPU processes sync in the model itself: ``CTRGCN.sync_batchnorm``.)"""
-    if cfg.train.sync_batchnorm and num_processes > 1 and device.type != "cpu":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
+def sync_batchnorm(cfg: Config, model: torch.nn.Module, device: torch.device, num_processes: int) -> torch.nn.Module:
+    """``train.sync_batchnorm`` with several processes: on CPU, the backbone gathers its BatchNorm
+    statistics itself (``CTRGCN.sync_batchnorm``); on GPUs, PyTorch's ``nn.SyncBatchNorm`` takes
+    the place of every BatchNorm."""
+    if not cfg.train.sync_batchnorm or num_processes < 2:
+        return model
+    if device.type == "cpu":
+        model.backbone.sync_batchnorm = True
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def lr_factor(cfg: Config) -> Callable[[int], float]:

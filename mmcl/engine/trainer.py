@@ -130,7 +130,7 @@ class Trainer:
         self.data = build.build_data(cfg)
         self.spec = build.model_spec(cfg, self.data.ds)
         model = build.build_model(cfg, self.spec, self.data.feature_dims)
-        model = build.sync_gpu_batchnorm(cfg, model, accelerator.device, accelerator.num_processes)
+        model = build.sync_batchnorm(cfg, model, accelerator.device, accelerator.num_processes)
         self.weights = build.loss_weights(cfg)
         n = accelerator.num_processes
         self.global_batch = build.global_batch(cfg, n)
