@@ -1,4 +1,4 @@
-"""On a GPU: CUDA-graph inference, and a bf16 training run tested on the GPU.
+"""On a GPU: CUDA-graph inference, a bf16 training run tested on the GPU, and synced BatchNorm.
 
 Skipped without CUDA (CI has none). On a machine with a GPU: ``pytest tests/test_cuda.py``.
 """
@@ -6,15 +6,22 @@ Skipped without CUDA (CI has none). On a machine with a GPU: ``pytest tests/test
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmcl.graphs import get_layout
 from mmcl.models import CTRGCN, optimize_for_inference
 from mmcl.scores import load_scores
 from test_engine import make_dataset, run_cli, train_run, write_config
+from test_sync_batchnorm import _free_port
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
@@ -61,3 +68,78 @@ def test_bf16_training_on_the_gpu_then_mmcl_test_there(tmp_path, monkeypatch):
     rows = [order[n] for n in ours.names]
     assert rel_diff(torch.from_numpy(ours.scores), torch.from_numpy(theirs.scores[rows])) < 5e-2
     assert np.mean(ours.scores.argmax(1) == theirs.scores[rows].argmax(1)) >= 0.9
+
+
+# Two processes on the one GPU, gloo (NCCL refuses two ranks on one device): the trainer's
+# train.sync_batchnorm GPU path (build.sync_batchnorm -> nn.SyncBatchNorm) under real DDP, each
+# process on half the batch, against one process on the whole batch with plain BatchNorm.
+_GPU_SYNC_WORKER = textwrap.dedent("""
+    import sys
+    from types import SimpleNamespace
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+    from mmcl.engine.build import sync_batchnorm
+    from mmcl.graphs import get_layout
+    from mmcl.models import CTRGCN
+
+    def setup():
+        torch.manual_seed(0)
+        model = CTRGCN(10, get_layout("ntu").adjacency()).double().cuda().train()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("alpha"):
+                    p.fill_(0.7)
+                elif name.endswith("bias") or "bn" in name:
+                    p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype).cuda() * 0.1)
+        x = torch.randn(6, 3, 16, 25, 2, generator=g, dtype=torch.float64).cuda()
+        return model, x, torch.tensor([1, 7, 3, 0, 9, 2]).cuda()
+
+    def run(rank, port, out):
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        model, x, y = setup()
+        cfg = SimpleNamespace(train=SimpleNamespace(sync_batchnorm=True))
+        model = sync_batchnorm(cfg, model, torch.device("cuda"), num_processes=2)
+        kinds = sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})
+        ddp = DistributedDataParallel(model, device_ids=[0])
+        part = slice(3 * rank, 3 * rank + 3)
+        logits = ddp(x[part])
+        F.cross_entropy(logits, y[part]).backward()
+        everyone = [torch.empty_like(logits) for _ in range(2)]
+        dist.all_gather(everyone, logits.detach())
+        if rank == 0:
+            torch.save({"logits": torch.cat(everyone).cpu(), "kinds": kinds,
+                        "grads": {n: p.grad.cpu() for n, p in model.named_parameters()},
+                        "buffers": {n: b.cpu() for n, b in model.named_buffers()}}, out)
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        mp.spawn(run, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)
+""")
+
+
+def test_sync_batchnorm_on_the_gpu_two_processes_take_the_one_process_step(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(_GPU_SYNC_WORKER)
+    out = tmp_path / "rank0.pt"
+    proc = subprocess.run([sys.executable, str(worker), str(_free_port()), str(out)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    synced = torch.load(out, weights_only=True)
+    assert synced["kinds"] == ["SyncBatchNorm"]  # every BatchNorm converted, the data BatchNorm too
+
+    namespace: dict = {}
+    exec(_GPU_SYNC_WORKER.split("def run(")[0], namespace)
+    model, x, y = namespace["setup"]()
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+
+    torch.testing.assert_close(synced["logits"], logits.detach().cpu(), rtol=1e-9, atol=1e-9 * logits.abs().max().item())
+    scale = max(p.grad.abs().max().item() for p in model.parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(synced["grads"][name], p.grad.cpu(), rtol=1e-9, atol=1e-11 * scale, msg=name)
+    for name, b in model.named_buffers():
+        torch.testing.assert_close(synced["buffers"][name], b.cpu(), rtol=1e-9, atol=1e-12, msg=name)
