@@ -268,6 +268,9 @@ def _build(cls: type, raw: Any, *, section: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+_YAML_BOOL_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
 def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
     """Check ``value`` against a type annotation, converting lists/ints where unambiguous."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -286,6 +289,8 @@ def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
                 continue
         raise bad(" or ".join(_describe(a) for a in args))
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off as false and yes/on as true
+            value = next((a for a in args if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]), value)
         if value not in args:
             raise bad("one of " + ", ".join(repr(a) for a in args))
         return value

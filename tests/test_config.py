@@ -41,6 +41,12 @@ def test_set_overrides_any_value_with_yaml_parsing(tmp_path):
     assert cfg.schedule.lr_steps == [3]
     assert cfg.train.max_steps_per_epoch == 2
     assert cfg.model.fam is True
+    # YAML 1.1 reads `no` as false: Accelerate's word for "no mixed precision" still works
+    assert load_config(leaf, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    (tmp_path / "no.yaml").write_text("train:\n  mixed_precision: no\n")
+    assert load_config(tmp_path / "no.yaml").train.mixed_precision == "no"
+    with pytest.raises(MMCLError, match="mixed_precision.*one of 'no', 'fp16', 'bf16'"):
+        load_config(leaf, ["train.mixed_precision=yes"])
 
 
 def test_unknown_key_names_section_valid_keys_and_suggestion(tmp_path):
