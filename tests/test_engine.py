@@ -244,6 +244,18 @@ def test_mmcl_test_reproduces_the_run_scores(mmcl_run, toy, tmp_path):
     np.testing.assert_allclose(load_scores(mmcl_run / "test" / "scores.npz").scores, ours.scores, atol=1e-5)
 
 
+def test_mmcl_test_in_bf16(mmcl_run, toy, tmp_path):
+    out = tmp_path / "bf16.npz"
+    result = run_cli("test", "--run", str(mmcl_run), "--out", str(out), "--device", "cpu", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    ours, theirs = load_scores(out), load_scores(mmcl_run / "scores.npz")
+    order = {n: i for i, n in enumerate(theirs.names)}
+    fp32 = theirs.scores[[order[n] for n in ours.names]]
+    assert ours.meta["precision"] == "bf16" and ours.scores.dtype == np.float32
+    assert 0 < np.abs(ours.scores - fp32).max() <= 0.05 * np.abs(fp32).max()
+    assert np.mean(ours.scores.argmax(1) == fp32.argmax(1)) >= 0.9
+
+
 def test_mmcl_test_needs_no_transformers(mmcl_run, toy, tmp_path):
     code = (
         "import sys\n"

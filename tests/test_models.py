@@ -307,6 +307,34 @@ def test_optimized_inference_equals_eval_forward(ntu_pair):
     assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ours.layers.modules())  # untouched
 
 
+def test_bf16_inference_keeps_the_predictions():
+    """``dtype=torch.bfloat16`` runs the folded model in bf16 (weights and activations, no fp32
+    copy left inside), empty slots skipped as in fp32, and hands back float32 logits."""
+    torch.manual_seed(3)
+    model = CTRGCN(10, get_layout("ntu").adjacency())
+    for name, p in model.named_parameters():
+        if name.endswith("alpha"):
+            p.data.fill_(0.5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        model(torch.randn(8, 3, T, 25, 2))  # running statistics that fit the data
+    model.eval()
+    x = torch.randn(6, 3, T, 25, 2)
+    x[[1, 4], :, :, :, 1] = 0
+    expected = optimize_for_inference(model)(x)
+    low = optimize_for_inference(model, dtype=torch.bfloat16)
+    got = low(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert 1e-5 < (got - expected).abs().max() <= 0.03 * expected.abs().max()  # bf16 ran, and is close
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert {p.dtype for p in low.model.parameters()} == {torch.bfloat16}
+    assert model.fc.weight.dtype == torch.float32  # the original is untouched
+    with pytest.raises(MMCLError, match="floating-point"):
+        optimize_for_inference(model, dtype=torch.int8)
+
+
 @pytest.mark.skipif(
     missing_compile_toolchain() is not None, reason=f"torch.compile's CPU backend needs {missing_compile_toolchain()}"
 )

@@ -26,6 +26,9 @@ from mmcl.engine.report import format_report, plot_confusion, write_json, write_
 from mmcl.errors import MMCLError
 from mmcl.scores import save_scores
 
+# ``mmcl test --precision``: the dtype the skeleton model runs in
+INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class Predictions:
@@ -157,12 +160,16 @@ def evaluate_weights(
     device: str | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Evaluate an exported skeleton model (``model.safetensors``) on one split of a dataset.
 
     Skeletons only: the model is rebuilt from the spec stored with the weights, and the
-    clips are cut the way its training run cut test clips.
+    clips are cut the way its training run cut test clips. ``precision`` (fp32, bf16 or fp16)
+    is the dtype the model runs in.
     """
+    if precision not in INFERENCE_DTYPES:
+        raise MMCLError(f"precision {precision!r}: choose one of {', '.join(INFERENCE_DTYPES)}")
     weights, data = Path(weights), Path(data)
     tensors, meta = read_model(weights)
     spec = dict(meta["spec"])
@@ -182,7 +189,7 @@ def evaluate_weights(
     model = build_skeleton_model(spec)
     load_weights(model, tensors, where=str(weights))
     model.to(dev).eval()
-    forward = _fast(model)
+    forward = _fast(model, INFERENCE_DTYPES[precision])
     clips = eval_clips(ds, names, spec)
     augment = BatchAugment(spec["recipe"], spec["stream"], ds.layout)
     loader = DataLoader(clips, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -190,16 +197,15 @@ def evaluate_weights(
     preds = predict(forward, loader, augment, names, device=dev, progress=progress)
     spec_here = {**spec, "dataset": ds.name, "class_names": ds.class_names}
     out_meta = score_meta(spec_here, benchmark=benchmark, checkpoint=str(weights),
-                          extra={"split": split, "data": str(data), "trained_epoch": meta.get("epoch")})
+                          extra={"split": split, "data": str(data), "trained_epoch": meta.get("epoch"),
+                                 "precision": precision})
     title = f"{ds.name} {benchmark} {split}, {spec.get('stream')} stream, {weights}"
     metrics, report = write_results(preds, out, ds.class_names, out_meta, title=title)
     return EvalResult(metrics, report, result_paths(out), spec)
 
 
-def _fast(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The models package's inference-optimised forward (BatchNorm folded), when it has one."""
-    try:
-        from mmcl.models.inference import optimize_for_inference
-    except ImportError:
-        return model
-    return optimize_for_inference(model)
+def _fast(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The models package's inference-optimised forward (BatchNorm folded) in ``dtype``."""
+    from mmcl.models.inference import optimize_for_inference
+
+    return optimize_for_inference(model, dtype=dtype)

@@ -3,8 +3,9 @@ skipped, batches cut into cache-sized chunks on CPU, small batches replayed from
 GPU, no autograd; optionally, on CPU, the backbone compiled by inductor for latency-bound use.
 
 ``optimize_for_inference(model)`` returns a callable for ``mmcl test``; it computes the same
-logits as ``model.eval()(x)`` (to float rounding). bfloat16 is used only where the CPU has
-native support (AVX512-BF16 or AMX); on AVX2-only CPUs it is ~60x slower than float32.
+logits as ``model.eval()(x)`` (to float rounding). ``dtype=torch.bfloat16`` runs it in bf16:
+worth it only where the CPU has native support (AVX512-BF16 or AMX; :func:`bf16_is_fast`) or on
+a GPU; on AVX2-only CPUs a bf16 matrix product is ~60x slower than float32.
 """
 
 from __future__ import annotations
@@ -225,6 +226,7 @@ def optimize_for_inference(
     chunk: int | None = None,
     cuda_graph_max_batch: int = CUDA_GRAPH_MAX_BATCH,
     compile: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Callable[[Tensor], Tensor]:
     """A callable ``x (N, C, T, V, M) -> logits (N, num_class)`` for evaluation.
 
@@ -241,15 +243,30 @@ def optimize_for_inference(
       ``mmcl test`` does not use it: chunks of mixed actor counts run ``CPU_CHUNK`` to
       ``2 * CPU_CHUNK`` person streams, each count compiled once, for 1.06-1.18x.
 
+    ``dtype``, if given, is the precision the folded model and its inputs are cast to, and the
+    logits come back as float32 (by default the model keeps its dtype and the inputs theirs).
+    ``torch.bfloat16`` pays on CPUs with native bf16 (:func:`bf16_is_fast`:
+    AVX512-BF16 or AMX) and on GPUs, with logits within about 1 % of float32's; on other CPUs
+    it is many times slower.
+
     The original ``model`` is left untouched.
     """
+    if dtype is not None and not dtype.is_floating_point:
+        raise MMCLError(f"inference precision must be a floating-point dtype, not {dtype}")
     folded = fold_batchnorm(model)
+    if dtype is not None:
+        folded = folded.to(dtype)
     forward = EmptySlotSkipper(folded)
     cpu_forward = EmptySlotSkipper(folded, compile_backbone(folded)) if compile else forward
     graphed = CudaGraphed(folded)
 
     @torch.inference_mode()
     def predict(x: Tensor) -> Tensor:
+        if dtype is None:
+            return _predict(x)
+        return _predict(x.to(dtype)).float()
+
+    def _predict(x: Tensor) -> Tensor:
         if x.device.type == "cuda" and x.shape[0] <= cuda_graph_max_batch:
             return graphed(x)
         cpu = x.device.type == "cpu"
