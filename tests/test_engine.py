@@ -416,6 +416,17 @@ def test_lr_scaling_and_ctrgcn_schedule():
     assert [f(e) for e in (5, 34, 35, 54, 55, 64)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
+def test_cpu_precision_note_warns_about_slow_bf16_and_points_to_fast_bf16():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    slow = build.cpu_precision_note(cpu, "bf16", bf16_native=False)
+    assert slow is not None and slow.startswith("warning") and "no native bf16" in slow
+    fast = build.cpu_precision_note(cpu, "no", bf16_native=True)
+    assert fast is not None and "train.mixed_precision=bf16" in fast
+    assert build.cpu_precision_note(cpu, "no", bf16_native=False) is None
+    assert build.cpu_precision_note(cpu, "bf16", bf16_native=True) is None
+    assert build.cpu_precision_note(gpu, "bf16", bf16_native=False) is None  # GPUs: no CPU advice
+
+
 def test_batchnorm_note_only_for_small_per_process_batches():
     cfg = load_config(REPO / "configs" / "synthetic" / "xsub" / "joint.yaml", ["train.batch_size=4"])
     note = build.batchnorm_note(cfg, 2)

@@ -210,6 +210,21 @@ def batchnorm_note(cfg: Config, num_processes: int) -> str | None:
     )
 
 
+def cpu_precision_note(device: torch.device, mixed_precision: str, bf16_native: bool) -> str | None:
+    """A hint when the precision does not suit this CPU, else None: bf16 autocast without native
+    bf16 (AVX512-BF16 or AMX) is many times slower than float32; with it, bf16 trains faster."""
+    if device.type != "cpu":
+        return None
+    if mixed_precision == "bf16" and not bf16_native:
+        return ("warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast runs far "
+                "slower than float32 here; drop --mixed_precision bf16 / train.mixed_precision.")
+    if mixed_precision == "no" and bf16_native:
+        return ("note: this CPU has native bf16; train.mixed_precision=bf16 (or accelerate launch "
+                "--mixed_precision bf16) ran the training step about 2.3x faster on one "
+                "(benchmarks/cpu_bf16.py; see the README for its accuracy).")
+    return None
+
+
 def sync_batchnorm(cfg: Config, model: torch.nn.Module, device: torch.device, num_processes: int) -> torch.nn.Module:
     """``train.sync_batchnorm`` with several processes: on CPU, the backbone gathers its BatchNorm
     statistics itself (``CTRGCN.sync_batchnorm``); on GPUs, PyTorch's ``nn.SyncBatchNorm`` takes

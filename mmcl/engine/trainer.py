@@ -51,7 +51,7 @@ from mmcl.engine.metrics import Metrics, classification_metrics
 from mmcl.engine.report import plot_training_curve, read_metrics, write_json, write_text
 from mmcl.errors import MMCLError
 from mmcl.heap import keep_freed_memory
-from mmcl.models import optimize_for_inference
+from mmcl.models import bf16_is_fast, optimize_for_inference
 from mmcl.scores import load_scores, save_scores
 
 # Config keys that may change when resuming: they do not change the trained weights (beyond float
@@ -240,6 +240,8 @@ class Trainer:
             f"lr {self.lr:g}, precision {acc.mixed_precision}, run dir {self.run_dir}"
         )
         if note := build.batchnorm_note(cfg, acc.num_processes):
+            acc.print(note)
+        if note := build.cpu_precision_note(acc.device, acc.mixed_precision, bf16_is_fast()):
             acc.print(note)
         for epoch in range(self.epoch, epochs):
             start = time.time()
