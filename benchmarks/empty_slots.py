@@ -23,6 +23,7 @@ share; ``--default-malloc`` leaves glibc's default.
 
     python benchmarks/empty_slots.py                 # ~6 minutes on 2 cores
     python benchmarks/empty_slots.py --rounds 2 --batch 8
+    python benchmarks/empty_slots.py --bf16          # bf16 autocast, on a CPU with native bf16
 """
 
 from __future__ import annotations
@@ -57,12 +58,17 @@ def batch(size: int, two_actor_share: float, seed: int) -> tuple[torch.Tensor, t
     return x, torch.randint(0, CLASSES, (size,), generator=g)
 
 
-def compare(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, rounds: int) -> dict:
+def compare(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, rounds: int, bf16: bool) -> dict:
     """Time one training step of each model, alternating (rotated order each round)."""
+
+    def loss(model: torch.nn.Module) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return F.cross_entropy(model(x).float(), y)
+
     steps = {}
     for name, model in models.items():
         model.train()
-        steps[name] = train_step(model, sgd(model), lambda m=model: F.cross_entropy(m(x), y))
+        steps[name] = train_step(model, sgd(model), lambda m=model: loss(m))
         steps[name]()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
@@ -84,6 +90,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings alone")
+    parser.add_argument("--bf16", action="store_true",
+                        help="every side under CPU bf16 autocast (train.mixed_precision=bf16; for CPUs with native bf16)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,12 +104,14 @@ def main() -> None:
     shared = copy.deepcopy(full)
     shared.skip_empty_persons = True
 
-    results: dict = {"machine": machine(), "freed_memory_kept": heap_kept, "batch": args.batch, "rounds": args.rounds}
+    results: dict = {"machine": machine(), "freed_memory_kept": heap_kept, "batch": args.batch, "rounds": args.rounds,
+                     "precision": "bf16 autocast" if args.bf16 else "float32"}
     for i, (name, share) in enumerate(TWO_ACTOR_SHARE.items()):
         x, y = batch(args.batch, share, seed=i)
         one_actor = int((x[..., 1] == 0).flatten(1).all(1).sum())
-        with torch.no_grad():  # the same function: train-mode logits of fresh copies, both ways
-            a, b = copy.deepcopy(full).train()(x), copy.deepcopy(shared).train()(x)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            # the same function: train-mode logits of fresh copies, both ways
+            a, b = copy.deepcopy(full).train()(x).float(), copy.deepcopy(shared).train()(x).float()
         entry = {
             "one_actor_samples": one_actor,
             "streams_run_shared": 2 * args.batch - one_actor + (1 if one_actor > 1 else 0),
@@ -110,7 +120,7 @@ def main() -> None:
         }
         models = {"reference": copy.deepcopy(reference), "mmcl_full": copy.deepcopy(full),
                   "mmcl_shared": copy.deepcopy(shared)}
-        entry.update(compare(models, x, y, args.rounds))
+        entry.update(compare(models, x, y, args.rounds, args.bf16))
         log(f"{name}: {entry}")
         results[name] = entry
     print(json.dumps(results, indent=2))

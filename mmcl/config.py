@@ -110,7 +110,7 @@ class TrainConfig:
     model_from: Literal["best", "last"] = "best"  # epoch whose weights/scores the run exports
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # None: the Accelerate config
     keep_freed_memory: bool = True  # keep freed host memory in the heap for reuse (mmcl.heap)
-    skip_empty_persons: bool = True  # on CPU (fp32, bf16 autocast): empty person slots of a batch run as one stream
+    skip_empty_persons: bool = True  # on CPU (fp32): empty person slots of a batch run as one stream
     sync_batchnorm: bool = False  # several processes: BatchNorm statistics over the global batch
 
 

@@ -153,12 +153,10 @@ def _bn_gathered(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, last_rows: int,
     statistics; the gradient is the one the copies (and the other processes' samples) give."""
     c = x.shape[1]
     with torch.no_grad():
-        # bf16 activations (CPU autocast): statistics in float32, as native BatchNorm keeps them
-        wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        var, mean = torch.var_mean(wide, dim=(0, 2, 3), correction=0)
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
         stats = (x.numel() // c, mean, var)
         if mode.last_count > 1:
-            tail = wide[:, :, -last_rows:]
+            tail = x[:, :, -last_rows:]
             var_t, mean_t = torch.var_mean(tail, dim=(0, 2, 3), correction=0)
             stats = _merge_stats(stats, ((mode.last_count - 1) * (tail.numel() // c), mean_t, var_t))
         if mode.sync:
@@ -222,7 +220,7 @@ class _GatheredBatchNorm(torch.autograd.Function):
         if mode.last_count > 1:
             last = slice(x.shape[2] - ctx.last_rows, None)  # the last stream's frames
             grad_x[:, :, last].sub_((a + k * x[:, :, last]) * (mode.last_count - 1))
-        return grad_x.to(x.dtype), grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def _max_pool_time(x: Tensor, stride: int) -> Tensor:
@@ -447,7 +445,7 @@ class CTRGCN(nn.Module):
         self.fc = nn.Linear(self.feature_dim, num_class)
         nn.init.normal_(self.fc.weight, 0.0, math.sqrt(2.0 / num_class))
         nn.init.zeros_(self.fc.bias)
-        # Training on CPU (float32/64, or bf16 autocast): run one stream for all empty person slots
+        # Training on CPU in float32/64: run one stream for all empty person slots of a batch
         # (see pooled_features). Off by default; ``mmcl train`` sets it from train.skip_empty_persons.
         self.skip_empty_persons = False
         # Training on CPU under torch.distributed: BatchNorm statistics over all processes' batches
@@ -507,7 +505,7 @@ class CTRGCN(nn.Module):
     def pooled_features(self, x: Tensor) -> Tensor:
         """Input ``(N, C, T, V, M)`` -> skeleton feature ``(N, C_out)``: ``pool(forward_features(x))``.
 
-        With ``skip_empty_persons`` in training (on CPU, float32/64 or bf16 autocast), all empty person slots of
+        With ``skip_empty_persons`` in training (on CPU, float32/64), all empty person slots of
         the batch (all-zero, e.g. no second actor) run as one stream. Their streams are
         identical: the data BatchNorm maps zeros to the same values in every sample, every
         later layer acts on each stream alone, and BatchNorm normalises all streams with the
@@ -533,8 +531,7 @@ class CTRGCN(nn.Module):
         """Whether ``pooled_features`` shares empty slots for this input (see there)."""
         return (
             self.skip_empty_persons and self.training and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64)
-            and (not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()  # (data-dependent stream counts would recompile)
         )
 
