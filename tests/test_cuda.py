@@ -21,7 +21,7 @@ from mmcl.graphs import get_layout
 from mmcl.models import CTRGCN, optimize_for_inference
 from mmcl.scores import load_scores
 from test_engine import make_dataset, run_cli, train_run, write_config
-from test_sync_batchnorm import _free_port
+from test_sync_batchnorm import _SETUP, _free_port
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
@@ -73,34 +73,21 @@ def test_bf16_training_on_the_gpu_then_mmcl_test_there(tmp_path, monkeypatch):
 # Two processes on the one GPU, gloo (NCCL refuses two ranks on one device): the trainer's
 # train.sync_batchnorm GPU path (build.sync_batchnorm -> nn.SyncBatchNorm) under real DDP, each
 # process on half the batch, against one process on the whole batch with plain BatchNorm.
-_GPU_SYNC_WORKER = textwrap.dedent("""
+_GPU_SYNC_WORKER = _SETUP + textwrap.dedent("""
     import sys
     from types import SimpleNamespace
-    import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
     from mmcl.engine.build import sync_batchnorm
-    from mmcl.graphs import get_layout
-    from mmcl.models import CTRGCN
 
-    def setup():
-        torch.manual_seed(0)
-        model = CTRGCN(10, get_layout("ntu").adjacency()).double().cuda().train()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("alpha"):
-                    p.fill_(0.7)
-                elif name.endswith("bias") or "bn" in name:
-                    p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype).cuda() * 0.1)
-        x = torch.randn(6, 3, 16, 25, 2, generator=g, dtype=torch.float64).cuda()
-        return model, x, torch.tensor([1, 7, 3, 0, 9, 2]).cuda()
+    def setup_on_gpu():
+        return [t.cuda() for t in setup()]
 
     def run(rank, port, out):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-        model, x, y = setup()
+        model, x, y = setup_on_gpu()
         cfg = SimpleNamespace(train=SimpleNamespace(sync_batchnorm=True))
         model = sync_batchnorm(cfg, model, torch.device("cuda"), num_processes=2)
         kinds = sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})
@@ -132,8 +119,8 @@ def test_sync_batchnorm_on_the_gpu_two_processes_take_the_one_process_step(tmp_p
     assert synced["kinds"] == ["SyncBatchNorm"]  # every BatchNorm converted, the data BatchNorm too
 
     namespace: dict = {}
-    exec(_GPU_SYNC_WORKER.split("def run(")[0], namespace)
-    model, x, y = namespace["setup"]()
+    exec(_SETUP, namespace)
+    model, x, y = (t.cuda() for t in namespace["setup"]())  # one process, the whole batch, plain BatchNorm
     logits = model(x)
     F.cross_entropy(logits, y).backward()
 
