@@ -325,7 +325,11 @@ def test_bf16_inference_keeps_the_predictions():
     x[[1, 4], :, :, :, 1] = 0
     expected = optimize_for_inference(model)(x)
     low = optimize_for_inference(model, dtype=torch.bfloat16)
+    streams_run: list[int] = []
+    backbone = low.model.backbone
+    low.model.backbone = lambda s: streams_run.append(s.shape[1]) or backbone(s)
     got = low(x)
+    assert sum(streams_run) == 12 - 2 + 1  # chunks of 4 + 2 samples; the empty slot's constant once
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert 1e-5 < (got - expected).abs().max() <= 0.03 * expected.abs().max()  # bf16 ran, and is close
     assert (got.argmax(1) == expected.argmax(1)).all()

@@ -26,7 +26,7 @@ import click
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Dtype the model runs in. bf16 is faster on GPUs and on CPUs with native bf16 "
                    "(AVX512-BF16 or AMX), logits within about 1 % of fp32's; on other CPUs it is far "
-                   "slower. fp32 runs the model as trained, to float rounding.")
+                   "slower; fp16 is for GPUs. fp32 runs the model as trained, to float rounding.")
 def test(run_dir: Path | None, weights: Path | None, data: Path | None, benchmark: str | None, split: str,
          stream: str | None, out: Path | None, batch_size: int, device: str | None, workers: int,
          precision: str) -> None:
