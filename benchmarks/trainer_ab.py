@@ -2,7 +2,8 @@
 
 ``--setting keep_freed_memory`` (the default; ``train.keep_freed_memory``, ``mmcl.heap``) or
 ``--setting skip_empty_persons`` (``train.skip_empty_persons``: the empty person slots of a batch
-run as one stream). Each round starts two fresh training processes in turn, one with the setting
+run as one stream) or ``--setting mixed_precision`` (on: ``bf16`` autocast, for CPUs with native
+bf16; off: ``no``; under bf16 every person stream runs). Each round starts two fresh training processes in turn, one with the setting
 on (the default) and one with it off, in an order that alternates from round to round. Both
 train the joint stream on the built-in synthetic set (NTU layout, 2 person slots; 352 of its 480
 clips have one actor), NTU-shaped: 64-frame clips, ``--batch`` samples per update (16),
@@ -17,6 +18,7 @@ resident memory; and the per-round ratio off / on of the median epoch time.
     python benchmarks/trainer_ab.py                                  # ~16 minutes on 2 cores
     python benchmarks/trainer_ab.py --setting skip_empty_persons     # ~13 minutes
     python benchmarks/trainer_ab.py --rounds 1 --epochs 3
+    python benchmarks/trainer_ab.py --setting mixed_precision --rounds 2          # ~8 minutes
     python benchmarks/trainer_ab.py --batch 64 --rounds 2 --epochs 3 --steps 4   # ~12 minutes
 """
 
@@ -34,7 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("on", "off")
-KEYS = ("keep_freed_memory", "skip_empty_persons")  # boolean keys of the config's train section
+KEYS = ("keep_freed_memory", "skip_empty_persons", "mixed_precision")  # keys of the config's train section
+# the value of a key with the setting on and off (boolean keys: true / false)
+VALUES = {"mixed_precision": ("bf16", "no")}
 
 
 def worker(data: Path, run_dir: Path, key: str, on: bool, epochs: int, steps: int, batch: int) -> dict:
@@ -57,7 +61,7 @@ def worker(data: Path, run_dir: Path, key: str, on: bool, epochs: int, steps: in
     cfg = load_config(REPO / "configs/synthetic/xsub/joint.yaml", [
         f"data.path={data}", "data.window=64", f"train.batch_size={batch}", f"train.max_steps_per_epoch={steps}",
         f"schedule.epochs={epochs}", "schedule.warmup_epochs=1", f"schedule.lr_steps=[{epochs}]",
-        f"train.eval_every={epochs}", f"train.{key}={str(on).lower()}",
+        f"train.eval_every={epochs}", f"train.{key}={VALUES.get(key, ('true', 'false'))[0 if on else 1]}",
     ])
     result = trainer.train(cfg, run_dir)
     return {"epochs": epochs_seen, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
