@@ -256,6 +256,16 @@ def test_mmcl_test_in_bf16(mmcl_run, toy, tmp_path):
     assert np.mean(ours.scores.argmax(1) == fp32.argmax(1)) >= 0.9
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_mmcl_test_warns_about_bf16_only_on_a_cpu_without_it(mmcl_run, tmp_path, monkeypatch, native):
+    monkeypatch.setattr("mmcl.models.inference.bf16_is_fast", lambda: native)
+    result = run_cli("test", "--run", str(mmcl_run), "--out", str(tmp_path / "s.npz"), "--device", "cpu",
+                     "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    warned = "warning: this CPU has no native bf16 (AVX512-BF16 or AMX)" in result.output
+    assert warned == (not native) and ("--precision fp32" in result.output) == (not native)
+
+
 def test_mmcl_test_needs_no_transformers(mmcl_run, toy, tmp_path):
     code = (
         "import sys\n"

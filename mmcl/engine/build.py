@@ -213,11 +213,12 @@ def batchnorm_note(cfg: Config, num_processes: int) -> str | None:
 def cpu_precision_note(device: torch.device, mixed_precision: str, bf16_native: bool) -> str | None:
     """A hint when the precision does not suit this CPU, else None: bf16 autocast without native
     bf16 (AVX512-BF16 or AMX) is many times slower than float32; with it, bf16 trains faster."""
+    from mmcl.models.inference import slow_bf16_note
+
     if device.type != "cpu":
         return None
-    if mixed_precision == "bf16" and not bf16_native:
-        return ("warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast runs far "
-                "slower than float32 here; drop --mixed_precision bf16 / train.mixed_precision.")
+    if slow := slow_bf16_note(device, torch.bfloat16 if mixed_precision == "bf16" else None, bf16_native):
+        return f"{slow}; drop --mixed_precision bf16 / train.mixed_precision."
     if mixed_precision == "no" and bf16_native:
         return ("note: this CPU has native bf16; train.mixed_precision=bf16 (or accelerate launch "
                 "--mixed_precision bf16) trained 1.6x (whole epochs) to 2.3x (the step) faster on one "

@@ -7,6 +7,7 @@ Nothing here imports transformers.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +25,7 @@ from mmcl.engine.checkpoint import load_weights, read_model
 from mmcl.engine.metrics import Metrics, classification_metrics
 from mmcl.engine.report import format_report, plot_confusion, write_json, write_text
 from mmcl.errors import MMCLError
+from mmcl.models.inference import optimize_for_inference, slow_bf16_note
 from mmcl.scores import save_scores
 
 # ``mmcl test --precision``: the dtype the skeleton model runs in
@@ -186,10 +188,12 @@ def evaluate_weights(
                 "stream": spec.get("stream"), "layout": ds.layout.to_json()}
     check_spec(spec, expected, where=f"model {weights} (trained on {spec.get('dataset')}) and dataset {data}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if note := slow_bf16_note(dev, INFERENCE_DTYPES[precision]):
+        print(f"{note}; use --precision fp32", file=sys.stderr)
     model = build_skeleton_model(spec)
     load_weights(model, tensors, where=str(weights))
     model.to(dev).eval()
-    forward = _fast(model, INFERENCE_DTYPES[precision])
+    forward = optimize_for_inference(model, dtype=INFERENCE_DTYPES[precision])
     clips = eval_clips(ds, names, spec)
     augment = BatchAugment(spec["recipe"], spec["stream"], ds.layout)
     loader = DataLoader(clips, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -202,10 +206,3 @@ def evaluate_weights(
     title = f"{ds.name} {benchmark} {split}, {spec.get('stream')} stream, {weights}"
     metrics, report = write_results(preds, out, ds.class_names, out_meta, title=title)
     return EvalResult(metrics, report, result_paths(out), spec)
-
-
-def _fast(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The models package's inference-optimised forward (BatchNorm folded) in ``dtype``."""
-    from mmcl.models.inference import optimize_for_inference
-
-    return optimize_for_inference(model, dtype=dtype)

@@ -107,6 +107,16 @@ def bf16_is_fast() -> bool:
         return False
 
 
+def slow_bf16_note(device: torch.device, dtype: torch.dtype | None, bf16_native: bool | None = None) -> str | None:
+    """A warning when bf16 would run on a CPU without native bf16 (many times slower than
+    float32 there), else None. ``bf16_native`` defaults to :func:`bf16_is_fast`."""
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return None
+    if bf16_is_fast() if bf16_native is None else bf16_native:
+        return None
+    return "warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs far slower than float32 here"
+
+
 class EmptySlotSkipper:
     """``model(x)`` that does not run the backbone on empty person slots.
 
