@@ -311,11 +311,11 @@ class SpatialUnit(nn.Module):
         diff = torch.tanh(q[0].unsqueeze(-2) - q[1].unsqueeze(-1))  # [s, r, b, v, u] = tanh(x1[u] - x2[v])
         # One GEMM per subset gives alpha * conv4(diff) + A: conv4's weight (times alpha) is extended
         # with two columns, alpha * bias and 1, and diff with two rows, 1 and A (transposed, per sample).
-        pa = self.PA.transpose(1, 2).reshape(s, 1, 1, v * v).expand(s, 1, b, v * v)
-        ones = diff.new_ones(s, 1, b * v * v)
-        rows = torch.cat([diff.reshape(s, r, b * v * v), ones, pa.reshape(s, 1, b * v * v)], dim=1)
+        # (Concatenated in 5-D and flattened after: inductor then vectorises the tanh along u.)
+        pa = self.PA.transpose(1, 2).reshape(s, 1, 1, v, v).expand(s, 1, b, v, v)
+        rows = torch.cat([diff, diff.new_ones(s, 1, b, v, v), pa], dim=1).view(s, r + 2, b * v * v)
         cols = torch.cat(
-            [self.expand_weight * self.alpha, (self.expand_bias * self.alpha).unsqueeze(-1), ones[:, :, :1].expand(s, c, 1)],
+            [self.expand_weight * self.alpha, (self.expand_bias * self.alpha).unsqueeze(-1), diff.new_ones(s, c, 1)],
             dim=2,
         )
         if _stacked_too_large(s * c * b * v * v, rows):
