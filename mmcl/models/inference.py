@@ -217,18 +217,19 @@ def missing_compile_toolchain() -> str | None:
 
 def compile_backbone(model: CTRGCN) -> Callable[[Tensor], Tensor]:
     """``model.backbone`` compiled by inductor with its weights frozen into the graph (fused
-    element-wise kernels, pre-packed oneDNN convolutions). Needs a C++ compiler and Python's C
-    headers: an MMCLError names whichever is missing.
+    element-wise kernels, pre-packed oneDNN convolutions) and a C++ wrapper calling its ~150
+    kernels (3-4 % faster at batch 1 in bf16 than inductor's Python wrapper). Needs a C++
+    compiler and Python's C headers: an MMCLError names whichever is missing.
 
-    Shapes are static: each new person-stream count or clip length compiles once (8-15 s on 2
-    cores with inductor's cache warm, 42-52 s cold). On a 2-core AVX2 CPU the batch-1 forward got
+    Shapes are static: each new person-stream count or clip length compiles once (7-15 s on 2
+    cores with inductor's cache warm, 30-52 s cold). On a 2-core AVX2 CPU the batch-1 forward got
     1.04-1.18x faster and batch 64 1.06-1.18x (``benchmarks/compiled_inference.py``, four runs).
     Only for a frozen, inference-only model.
     """
     missing = missing_compile_toolchain()
     if missing:
         raise MMCLError(f"compiled inference needs {missing}; install it, or use compile=False")
-    return torch.compile(model.backbone, dynamic=False, options={"freezing": True})
+    return torch.compile(model.backbone, dynamic=False, options={"freezing": True, "cpp_wrapper": True})
 
 
 def optimize_for_inference(
