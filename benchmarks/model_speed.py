@@ -165,9 +165,9 @@ def gflop(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def gemm_peak_gflops(size: int = 2048, rounds: int = 10) -> float:
-    """This machine's float32 matrix-product rate on torch's threads: best of ``rounds``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_peak_gflops(size: int = 2048, rounds: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matrix-product rate in ``dtype`` on torch's threads: best of ``rounds``."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     return 2 * size**3 / min(timed(lambda: torch.mm(a, b)) for _ in range(rounds)) / 1e9
 

@@ -9,6 +9,11 @@ a little less than the step's wall time; the per-operation timing itself costs a
 
     python benchmarks/step_breakdown.py                 # training step, batch 16
     python benchmarks/step_breakdown.py --infer         # optimize_for_inference, batch 1
+    python benchmarks/step_breakdown.py --infer --bf16  # the same in bf16 (mmcl test --precision bf16)
+
+``--bf16`` runs the training step under bf16 autocast and inference with
+``optimize_for_inference(dtype=torch.bfloat16)``, and compares with the bf16 matrix-product peak:
+worth it on CPUs with native bf16 only (AVX512-BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -70,19 +75,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 16 for training, 1 for --infer")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--top", type=int, default=15, help="operations listed by time")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (training) / bf16 weights (inference)")
     args = parser.parse_args()
     batch = args.batch or (1 if args.infer else 16)
     torch.manual_seed(0)
     model = CTRGCN(CLASSES, get_layout("ntu").adjacency())
     x = torch.randn(batch, 3, FRAMES, JOINTS, PERSONS)
+    dtype = torch.bfloat16 if args.bf16 else None
     if args.infer:
-        fast = optimize_for_inference(model.eval())
+        fast = optimize_for_inference(model.eval(), dtype=dtype)
 
         def step() -> None:
             fast(x)
     else:
         y = torch.randint(0, CLASSES, (batch,))
-        step = train_step(model, sgd(model), lambda: F.cross_entropy(model(x), y))
+        def loss() -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                return F.cross_entropy(model(x), y)
+
+        step = train_step(model, sgd(model), loss)
     for _ in range(2):
         step()
     start = time.perf_counter()
@@ -107,12 +118,13 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "step_breakdown",
         "what": f"optimize_for_inference forward, batch {batch}" if args.infer else f"training step (SGD), batch {batch}",
+        "precision": "bf16" if args.bf16 else "fp32",
         "threads": torch.get_num_threads(),
         "wall_s_per_step": round(wall, 3),
         "timed_ops_s_per_step": round(timed_total, 3),
         "matrix_products_share": round(products / timed_total, 3),
         "matrix_product_gflop_per_step": round(sum(timer.flops.values()) / args.steps / 1e9, 2),
-        "gemm_peak_gflops": round(gemm_peak_gflops(), 1),
+        "gemm_peak_gflops": round(gemm_peak_gflops(dtype=dtype or torch.float32), 1),
         "ops": table,
     }, indent=2))
 
