@@ -1,4 +1,4 @@
-"""Inference with the backbone compiled by inductor (``optimize_for_inference(compile=True)``)
+"""Inference with the model compiled by inductor (``optimize_for_inference(compile=True)``)
 against eager mmcl and the upstream-style reference, side by side on CPU.
 
 Prints ONE JSON object. NTU shape: 64 frames, 25 joints, 2 persons, 120 classes; the same weights

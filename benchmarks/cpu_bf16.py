@@ -12,7 +12,7 @@ Prints ONE JSON object. NTU shape: 64 frames, 25 joints, 2 persons (two actors i
 * inference at batch 1 and ``--infer-batch``: the reference in eval mode under ``no_grad``
   (float32, and bf16 autocast), mmcl through ``optimize_for_inference`` in float32 and with
   ``dtype=torch.bfloat16`` (``mmcl test --precision bf16``); with ``--compile``, also mmcl's
-  bf16 backbone compiled by inductor (``compile=True``; tens of seconds to compile).
+  bf16 model compiled by inductor (``compile=True``; tens of seconds to compile).
 
 On a CPU without native bf16 a bf16 matrix product is many times slower than float32; the
 script says so and stops unless ``--force`` is given.
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per measurement (x2 at batch 1)")
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--infer-batch", type=int, default=64)
-    parser.add_argument("--compile", action="store_true", help="also time mmcl's bf16 backbone compiled by inductor")
+    parser.add_argument("--compile", action="store_true", help="also time mmcl's bf16 model compiled by inductor")
     parser.add_argument("--force", action="store_true", help="run even where this CPU has no native bf16")
     args = parser.parse_args()
     if not bf16_is_fast() and not args.force:

@@ -29,7 +29,7 @@ from mmcl.models import (
     load_upstream_state_dict,
     optimize_for_inference,
 )
-from mmcl.models.inference import missing_compile_toolchain
+from mmcl.models.inference import EmptySlotSkipper, missing_compile_toolchain
 
 REPO = Path(__file__).resolve().parents[1]
 T = 16  # frames: small, still divisible by the two stride-2 units
@@ -343,7 +343,8 @@ def test_bf16_inference_keeps_the_predictions():
     missing_compile_toolchain() is not None, reason=f"torch.compile's CPU backend needs {missing_compile_toolchain()}"
 )
 def test_compiled_inference_equals_eager():
-    """``compile=True`` runs inductor's frozen backbone on CPU and gives the eager logits."""
+    """``compile=True`` runs inductor's frozen graphs on CPU (the whole forward for inputs without
+    empty slots, the backbone on the actors' streams otherwise) and gives the eager logits."""
     from torch._dynamo.utils import counters
 
     torch.manual_seed(1)
@@ -362,10 +363,30 @@ def test_compiled_inference_equals_eager():
     eager = optimize_for_inference(model)
     compiled = optimize_for_inference(model, compile=True)
     counters.clear()
-    for sample in (x[:1], x[1:], x):  # 2 streams, 1 stream (+ the empty slot's constant), 3 streams
+    for sample in (x[:1], x[1:], x):  # whole forward; backbone on 1 stream (+ the empty slot's constant); on 3
         expected = eager(sample)
         torch.testing.assert_close(compiled(sample), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
-    assert counters["stats"]["unique_graphs"] == 3  # one graph per stream count: it did compile
+    assert counters["stats"]["unique_graphs"] == 3  # one graph per shape: it did compile
+
+
+def test_whole_forward_runs_only_inputs_without_empty_slots():
+    """The compiled path's whole-forward graph gets inputs with every slot filled; an input with
+    an empty slot goes through the backbone on its actors' streams instead."""
+    model = CTRGCN(10, get_layout("ntu").adjacency()).eval()
+    seen = []
+
+    def whole(x):
+        seen.append(x.shape[0])
+        return model(x)
+
+    skipper = EmptySlotSkipper(model, whole=whole)
+    x = torch.randn(2, 3, T, 25, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(skipper(x), model(x))
+        assert seen == [2]
+        x[1, :, :, :, 1] = 0
+        torch.testing.assert_close(skipper(x), model(x), rtol=1e-4, atol=1e-5)
+    assert seen == [2]  # not called for the input with an empty slot
 
 
 def test_compiled_inference_without_toolchain_says_what_is_missing(monkeypatch):

@@ -1,6 +1,6 @@
 """Skeleton-only inference, made fast: BatchNorm folded into the weights, empty person slots
 skipped, batches cut into cache-sized chunks on CPU, small batches replayed from CUDA graphs on a
-GPU, no autograd; optionally, on CPU, the backbone compiled by inductor for latency-bound use.
+GPU, no autograd; optionally, on CPU, the model compiled by inductor for latency-bound use.
 
 ``optimize_for_inference(model)`` returns a callable for ``mmcl test``; it computes the same
 logits as ``model.eval()(x)`` (to float rounding). ``dtype=torch.bfloat16`` runs it in bf16:
@@ -127,18 +127,26 @@ class EmptySlotSkipper:
     slot is always run. The logits equal ``model(x)``'s up to float summation order.
     """
 
-    def __init__(self, model: CTRGCN, backbone: Callable[[Tensor], Tensor] | None = None):
+    def __init__(
+        self,
+        model: CTRGCN,
+        backbone: Callable[[Tensor], Tensor] | None = None,
+        whole: Callable[[Tensor], Tensor] | None = None,
+    ):
         self.model = model
         self._backbone = backbone  # person streams -> feature maps; None: model.backbone
+        self._whole = whole  # x -> logits for inputs without empty slots; None: embed, pooled, classify
         self._empty: dict[tuple, Tensor] = {}  # (slot, T, dtype, device) -> pooled feature (C_out,)
 
     def __call__(self, x: Tensor) -> Tensor:
         n, c, t, v, m = x.shape
         empty = empty_person_slots(x)
-        streams = self.model.embed(x)
         if m == 1 or not empty.any():
-            pooled = self.pooled(streams)
+            if self._whole is not None:
+                return self._whole(x)
+            pooled = self.pooled(self.model.embed(x))
         else:
+            streams = self.model.embed(x)
             run = ~empty.reshape(-1)  # streams n * M + m, as CTRGCN.embed orders them
             pooled = streams.new_empty(n * m, self.model.feature_dim)
             pooled[run] = self.pooled(streams[:, run])
@@ -215,21 +223,29 @@ def missing_compile_toolchain() -> str | None:
     return " and ".join(missing) or None
 
 
-def compile_backbone(model: CTRGCN) -> Callable[[Tensor], Tensor]:
-    """``model.backbone`` compiled by inductor with its weights frozen into the graph (fused
-    element-wise kernels, pre-packed oneDNN convolutions) and a C++ wrapper calling its ~150
-    kernels (3-4 % faster at batch 1 in bf16 than inductor's Python wrapper). Needs a C++
-    compiler and Python's C headers: an MMCLError names whichever is missing.
+def compile_for_inference(model: CTRGCN) -> EmptySlotSkipper:
+    """``model`` (folded, inference-only) run by inductor, with its weights frozen into the graph
+    (fused element-wise kernels, pre-packed oneDNN convolutions) and a C++ wrapper calling its
+    ~150 kernels (3-4 % faster at batch 1 in bf16 than inductor's Python wrapper). Inputs without
+    empty person slots run the whole forward, input to logits, as one graph (2 % faster at batch 1
+    in bf16 than the backbone's graph between eager steps); inputs with some run the backbone's
+    graph on their actors' streams. Needs a C++ compiler and Python's C headers: an MMCLError
+    names whichever is missing.
 
-    Shapes are static: each new person-stream count or clip length compiles once (7-15 s on 2
-    cores with inductor's cache warm, 30-52 s cold). On a 2-core AVX2 CPU the batch-1 forward got
+    Shapes are static, and both graphs compile lazily: each new sample count (whole) or
+    person-stream count (backbone) or clip length compiles once (7-15 s on 2 cores with
+    inductor's cache warm, 30-52 s cold). On a 2-core AVX2 CPU the batch-1 forward got
     1.04-1.18x faster and batch 64 1.06-1.18x (``benchmarks/compiled_inference.py``, four runs).
-    Only for a frozen, inference-only model.
     """
     missing = missing_compile_toolchain()
     if missing:
         raise MMCLError(f"compiled inference needs {missing}; install it, or use compile=False")
-    return torch.compile(model.backbone, dynamic=False, options={"freezing": True, "cpp_wrapper": True})
+    options = {"freezing": True, "cpp_wrapper": True}
+    return EmptySlotSkipper(
+        model,
+        torch.compile(model.backbone, dynamic=False, options=options),
+        torch.compile(model, dynamic=False, options=options),
+    )
 
 
 def optimize_for_inference(
@@ -249,7 +265,7 @@ def optimize_for_inference(
     * on a GPU, batches of at most ``cuda_graph_max_batch`` samples (0: none) replay a CUDA graph
       of the whole model (:class:`CudaGraphed`), and larger ones run eagerly with empty slots
       skipped, in chunks only when ``chunk`` is given;
-    * with ``compile=True``, CPU calls run the backbone compiled by :func:`compile_backbone`:
+    * with ``compile=True``, CPU calls run the model compiled by :func:`compile_for_inference`:
       for long-running services that see few shapes, where its one-off compile per shape pays.
       ``mmcl test`` does not use it: chunks of mixed actor counts run ``CPU_CHUNK`` to
       ``2 * CPU_CHUNK`` person streams, each count compiled once, for 1.06-1.18x.
@@ -268,7 +284,7 @@ def optimize_for_inference(
     if dtype is not None:
         folded = folded.to(dtype)
     forward = EmptySlotSkipper(folded)
-    cpu_forward = EmptySlotSkipper(folded, compile_backbone(folded)) if compile else forward
+    cpu_forward = compile_for_inference(folded) if compile else forward
     graphed = CudaGraphed(folded)
 
     @torch.inference_mode()
