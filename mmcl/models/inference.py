@@ -227,7 +227,7 @@ def compile_for_inference(model: CTRGCN) -> EmptySlotSkipper:
     """``model`` (folded, inference-only) run by inductor, with its weights frozen into the graph
     (fused element-wise kernels, pre-packed oneDNN convolutions) and a C++ wrapper calling its
     ~150 kernels (3-4 % faster at batch 1 in bf16 than inductor's Python wrapper). Inputs without
-    empty person slots run the whole forward, input to logits, as one graph (2 % faster at batch 1
+    empty person slots run the whole forward, input to logits, as one graph (1-1.5 % faster at batch 1
     in bf16 than the backbone's graph between eager steps); inputs with some run the backbone's
     graph on their actors' streams. Needs a C++ compiler and Python's C headers: an MMCLError
     names whichever is missing.
