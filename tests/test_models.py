@@ -194,6 +194,26 @@ def test_fused_model_equals_reference_forward_and_backward(ntu_pair, per_subset,
         torch.testing.assert_close(p.grad, mapped[name].view_as(p.grad), rtol=1e-7, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("frames", [8, 9])
+def test_time_max_pool_routes_gradients_as_max_pooling(stride, frames):
+    # The CPU training pooling (forward without indices, its own backward) against PyTorch's
+    # max-pooling with indices, on values with many ties (as ReLU's zeros give): the same output,
+    # and each window's gradient goes to its first maximum.
+    torch.manual_seed(0)
+    x = torch.randint(0, 3, (2, 3, 4, frames)).double()  # (C, B, V, T)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = ctrgcn_module._max_pool_time(ours, stride)
+    expected = F.max_pool2d(theirs.view(24, 1, frames, 1), (3, 1), (stride, 1), (1, 0)).view(2, 3, 4, -1)
+    assert torch.equal(out, expected)
+    upstream = torch.randn_like(expected)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert torch.equal(ctrgcn_module._max_pool_time(x, stride), expected)
+
+
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
 def test_batchnorm_with_repeated_last_stream_equals_explicit_copies(momentum):
     # _bn with last_count=k: BatchNorm as if x's last stream were there k times.

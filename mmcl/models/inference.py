@@ -157,7 +157,7 @@ class EmptySlotSkipper:
         return self.model.classify(pooled.view(n, m, -1).mean(dim=1))
 
     def pooled(self, streams: Tensor) -> Tensor:
-        """Person streams ``(C, B, T, V)`` -> per-stream features ``(B, C_out)``, through the given
+        """Person streams ``(C, B, V, T)`` -> per-stream features ``(B, C_out)``, through the given
         or the model's backbone."""
         return (self._backbone or self.model.backbone)(streams).mean(dim=(2, 3)).t()
 
