@@ -32,6 +32,7 @@ from mmcl.engine.evaluate import evaluate_weights
 from mmcl.errors import MMCLError
 from mmcl.graphs import Layout
 from mmcl.heap import glibc_malloc
+from mmcl.models.inference import missing_compile_toolchain
 from mmcl.scores import load_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,6 +255,26 @@ def test_mmcl_test_in_bf16(mmcl_run, toy, tmp_path):
     assert ours.meta["precision"] == "bf16" and ours.scores.dtype == np.float32
     assert 0 < np.abs(ours.scores - fp32).max() <= 0.05 * np.abs(fp32).max()
     assert np.mean(ours.scores.argmax(1) == fp32.argmax(1)) >= 0.9
+
+
+@pytest.mark.skipif(missing_compile_toolchain() is not None,
+                    reason=f"torch.compile's CPU backend needs {missing_compile_toolchain()}")
+def test_mmcl_test_compiled(mmcl_run, tmp_path, monkeypatch):
+    # --compile runs the batches through inductor's compiled model, with the eager scores.
+    import mmcl.models.inference as inference
+
+    compiled = []
+    real = inference.compile_for_inference
+    monkeypatch.setattr(inference, "compile_for_inference", lambda model: compiled.append(model) or real(model))
+    out = tmp_path / "compiled.npz"
+    result = run_cli("test", "--run", str(mmcl_run), "--out", str(out), "--device", "cpu", "--compile")
+    assert result.exit_code == 0, result.output
+    assert len(compiled) == 1
+    ours, theirs = load_scores(out), load_scores(mmcl_run / "scores.npz")
+    order = {n: i for i, n in enumerate(theirs.names)}
+    np.testing.assert_allclose(ours.scores, theirs.scores[[order[n] for n in ours.names]], rtol=1e-4,
+                               atol=1e-4 * np.abs(theirs.scores).max())
+    assert ours.meta["compiled"] is True
 
 
 @pytest.mark.parametrize("native", [False, True])

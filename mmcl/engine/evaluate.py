@@ -163,12 +163,14 @@ def evaluate_weights(
     num_workers: int = 0,
     progress: bool = True,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> EvalResult:
     """Evaluate an exported skeleton model (``model.safetensors``) on one split of a dataset.
 
     Skeletons only: the model is rebuilt from the spec stored with the weights, and the
     clips are cut the way its training run cut test clips. ``precision`` (fp32, bf16 or fp16)
-    is the dtype the model runs in.
+    is the dtype the model runs in; ``compile`` runs CPU batches through inductor
+    (:func:`mmcl.models.inference.compile_for_inference`).
     """
     if precision not in INFERENCE_DTYPES:
         raise MMCLError(f"precision {precision!r}: choose one of {', '.join(INFERENCE_DTYPES)}")
@@ -193,7 +195,7 @@ def evaluate_weights(
     model = build_skeleton_model(spec)
     load_weights(model, tensors, where=str(weights))
     model.to(dev).eval()
-    forward = optimize_for_inference(model, dtype=INFERENCE_DTYPES[precision])
+    forward = optimize_for_inference(model, dtype=INFERENCE_DTYPES[precision], compile=compile and dev.type == "cpu")
     clips = eval_clips(ds, names, spec)
     augment = BatchAugment(spec["recipe"], spec["stream"], ds.layout)
     loader = DataLoader(clips, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -202,7 +204,7 @@ def evaluate_weights(
     spec_here = {**spec, "dataset": ds.name, "class_names": ds.class_names}
     out_meta = score_meta(spec_here, benchmark=benchmark, checkpoint=str(weights),
                           extra={"split": split, "data": str(data), "trained_epoch": meta.get("epoch"),
-                                 "precision": precision})
+                                 "precision": precision, "compiled": compile and dev.type == "cpu"})
     title = f"{ds.name} {benchmark} {split}, {spec.get('stream')} stream, {weights}"
     metrics, report = write_results(preds, out, ds.class_names, out_meta, title=title)
     return EvalResult(metrics, report, result_paths(out), spec)
