@@ -272,8 +272,8 @@ def optimize_for_inference(
       skipped, in chunks only when ``chunk`` is given;
     * with ``compile=True``, CPU calls run the model compiled by :func:`compile_for_inference`:
       for long-running services that see few shapes, where its one-off compile per shape pays.
-      ``mmcl test`` does not use it: chunks of mixed actor counts run ``CPU_CHUNK`` to
-      ``2 * CPU_CHUNK`` person streams, each count compiled once, for 1.06-1.18x.
+      ``mmcl test --compile`` turns it on; there, chunks of mixed actor counts run between one
+      and two person streams per sample, each stream count compiled once.
 
     ``dtype``, if given, is the precision the folded model and its inputs are cast to, and the
     logits come back as float32 (by default the model keeps its dtype and the inputs theirs).
