@@ -195,7 +195,8 @@ def evaluate_weights(
     model = build_skeleton_model(spec)
     load_weights(model, tensors, where=str(weights))
     model.to(dev).eval()
-    forward = optimize_for_inference(model, dtype=INFERENCE_DTYPES[precision], compile=compile and dev.type == "cpu")
+    compiled = compile and dev.type == "cpu"  # compile_for_inference runs CPU batches only
+    forward = optimize_for_inference(model, dtype=INFERENCE_DTYPES[precision], compile=compiled)
     clips = eval_clips(ds, names, spec)
     augment = BatchAugment(spec["recipe"], spec["stream"], ds.layout)
     loader = DataLoader(clips, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -204,7 +205,7 @@ def evaluate_weights(
     spec_here = {**spec, "dataset": ds.name, "class_names": ds.class_names}
     out_meta = score_meta(spec_here, benchmark=benchmark, checkpoint=str(weights),
                           extra={"split": split, "data": str(data), "trained_epoch": meta.get("epoch"),
-                                 "precision": precision, "compiled": compile and dev.type == "cpu"})
+                                 "precision": precision, "compiled": compiled})
     title = f"{ds.name} {benchmark} {split}, {spec.get('stream')} stream, {weights}"
     metrics, report = write_results(preds, out, ds.class_names, out_meta, title=title)
     return EvalResult(metrics, report, result_paths(out), spec)

@@ -14,7 +14,8 @@ checks outputs and gradients against a plain implementation with the same weight
 * Channel-first layout: activations are ``(C, N*M, V, T)``, so every 1x1 convolution is one
   large matrix product ``W @ x`` (no per-sample or layout-reordering overhead), BatchNorm reads
   each channel contiguously, and the graph product is a batched product of contiguous
-  ``(U, V) @ (V, T)`` matrices (14-16 % faster on CPU than the joints-last ``(T, V) @ (V, U)``).
+  ``(U, V) @ (V, T)`` matrices (the product alone 14-16 % faster on CPU than the joints-last
+  ``(T, V) @ (V, U)``; ``benchmarks/README.md``, session 15).
 * The three CTRGC subsets share one value GEMM (``conv3`` of all subsets, ``3*C`` rows) and one
   relation GEMM (``conv1``/``conv2`` of all subsets); ``conv3`` and the relations are computed per
   subset instead when the stacked tensor would exceed ``FRESH_MAP_BYTES`` (see there).

@@ -291,7 +291,7 @@ def optimize_for_inference(
     forward = EmptySlotSkipper(folded)
     cpu_forward = compile_for_inference(folded) if compile else forward
     graphed = CudaGraphed(folded)
-    cpu_chunk = CPU_CHUNK if dtype in (None, torch.float32, torch.float64) else CPU_CHUNK_REDUCED_PRECISION
+    cpu_chunk = CPU_CHUNK_REDUCED_PRECISION if dtype is not None and dtype.itemsize < 4 else CPU_CHUNK
 
     @torch.inference_mode()
     def predict(x: Tensor) -> Tensor:
